@@ -1,0 +1,46 @@
+# The two commands a new user runs (see README.md): `make demo` and `make test`.
+# Everything they need is installed by the targets below; nothing is assumed pre-installed
+# beyond Python 3.11, Java 17, Maven and apt (Debian).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: install infra lint test test-unit demo schema clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+# The Kafka broker's jars (Maven Central) and Debian's PostgreSQL; both are started per run.
+infra:
+	scripts/kafka.sh fetch
+	scripts/postgres.sh install
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+# pytest exits 5 when it collected no test: make treats that, like any non-zero, as failure.
+test: install infra lint
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest -m unit -q
+
+demo: install
+	scripts/kafka.sh fetch
+	scripts/demo.sh
+
+schema: install
+	$(BIN)/jokko schema export
+
+clean:
+	rm -rf $(VENV) .jokko .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Pure translators between canonical events and each institution's wire format."""

@@ -1,0 +1,1 @@
+"""Routing, idempotent processing, outbox, retries, dead letters, Kafka I/O and persistence."""

@@ -1,0 +1,112 @@
+"""Kafka I/O through kafka-python: the only module that builds Kafka clients.
+
+Clients are built by functions, never at import, so tests and the composition root decide
+which broker they talk to. Producers are idempotent with ``acks=all``: Jokko's promise
+(every event once) starts with the broker never dropping or doubling a write on retry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from router.errors import BrokerUnavailable
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic Jokko owns; topics are created explicitly (auto-creation is off)."""
+
+    name: str
+    partitions: int
+    replication_factor: int = 1
+
+
+def admin_client(bootstrap: str, *, timeout_s: float = 10.0) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id="jokko-admin",
+            request_timeout_ms=int(timeout_s * 1000),
+        )
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"Kafka at {bootstrap} is not reachable: {exc}") from exc
+
+
+def wait_until_ready(bootstrap: str, *, timeout_s: float = 30.0) -> None:
+    """Block until the broker answers a metadata request.
+
+    kafka-python 3.0 has no ``NoBrokersAvailable``; any ``KafkaError`` means "not yet".
+    """
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = admin_client(bootstrap, timeout_s=min(5.0, timeout_s))
+            try:
+                admin.list_topics()
+                return
+            finally:
+                admin.close()
+        except (KafkaError, BrokerUnavailable) as exc:
+            last = exc
+            time.sleep(0.2)
+    raise BrokerUnavailable(f"Kafka at {bootstrap} did not answer within {timeout_s}s: {last}")
+
+
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    admin = admin_client(bootstrap)
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor)
+            for s in specs
+            if s.name not in existing
+        ]
+        if missing:
+            try:
+                admin.create_topics(missing, wait_for_metadata=True)
+            except TopicAlreadyExistsError:
+                pass  # another process created it between list and create: same outcome
+    finally:
+        admin.close()
+
+
+def idempotent_producer(bootstrap: str, *, client_id: str = "jokko") -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+    )
+
+
+def group_consumer(
+    bootstrap: str,
+    group_id: str,
+    topics: Iterable[str],
+    *,
+    client_id: str = "jokko",
+    max_poll_records: int = 500,
+) -> KafkaConsumer:
+    """A consumer-group member that never commits by itself.
+
+    Offsets are committed by the caller once its work is durable, so a crash re-delivers
+    instead of losing (auto-commit would acknowledge before processing).
+    """
+    return KafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_poll_records,
+    )

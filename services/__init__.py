@@ -1,0 +1,1 @@
+"""The FastAPI app, reconciliation, the CLI, settings and the composition root."""

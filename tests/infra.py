@@ -1,0 +1,79 @@
+"""Real infrastructure for tests: a Kafka broker and a PostgreSQL cluster, each started by the
+project's own scripts on free loopback ports in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "scripts"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _run(script: str, action: str, env: dict[str, str]) -> None:
+    subprocess.run(
+        [str(SCRIPTS / script), action],
+        env={**os.environ, **env},
+        check=True,
+        timeout=180,
+    )
+
+
+@dataclass
+class KafkaBroker:
+    """One single-node KRaft broker; ``restart`` keeps its storage (topics and offsets)."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    controller_port: int = field(default_factory=free_port)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def _env(self) -> dict[str, str]:
+        return {
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(self.controller_port),
+            "JOKKO_KAFKA_DIR": str(self.directory),
+        }
+
+    def start(self) -> None:
+        _run("kafka.sh", "start", self._env)
+
+    def stop(self) -> None:
+        _run("kafka.sh", "stop", self._env)
+
+    def restart(self) -> None:
+        _run("kafka.sh", "restart", self._env)
+
+
+@dataclass
+class PostgresCluster:
+    directory: Path
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def _env(self) -> dict[str, str]:
+        return {"PG_PORT": str(self.port), "JOKKO_PG_DIR": str(self.directory)}
+
+    def start(self) -> None:
+        _run("postgres.sh", "start", self._env)
+
+    def stop(self) -> None:
+        _run("postgres.sh", "stop", self._env)
