@@ -7,6 +7,8 @@ which broker they talk to. Producers are idempotent with ``acks=all``: Jokko's p
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,6 +48,12 @@ def wait_until_ready(bootstrap: str, *, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
+        # A plain TCP probe first: kafka-python leaks its sockets when a client's
+        # constructor fails to reach any broker.
+        if not _any_listening(bootstrap):
+            last = ConnectionRefusedError(f"nothing listens at {bootstrap}")
+            time.sleep(0.2)
+            continue
         try:
             admin = admin_client(bootstrap, timeout_s=min(5.0, timeout_s))
             try:
@@ -59,6 +67,17 @@ def wait_until_ready(bootstrap: str, *, timeout_s: float = 30.0) -> None:
     raise BrokerUnavailable(f"Kafka at {bootstrap} did not answer within {timeout_s}s: {last}")
 
 
+def _any_listening(bootstrap: str) -> bool:
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
     admin = admin_client(bootstrap)
@@ -70,10 +89,9 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> None:
             if s.name not in existing
         ]
         if missing:
-            try:
+            # Another process may create one between list and create: same outcome.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing, wait_for_metadata=True)
-            except TopicAlreadyExistsError:
-                pass  # another process created it between list and create: same outcome
     finally:
         admin.close()
 

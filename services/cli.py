@@ -36,6 +36,7 @@ def demo(
     kafka_bootstrap: Annotated[
         str | None, typer.Option(help="Kafka bootstrap servers (default: JOKKO_KAFKA_BOOTSTRAP).")
     ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = 60,
 ) -> None:
     """Publish the example events to the canonical topic, read them back, print a summary."""
     from services import demo as demo_flow
@@ -43,7 +44,7 @@ def demo(
     console = Console()
     try:
         overrides = {"kafka_bootstrap": kafka_bootstrap} if kafka_bootstrap else {}
-        ok = demo_flow.run(load_settings(**overrides), console)
+        ok = demo_flow.run(load_settings(**overrides), console, timeout)
     except JokkoError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None

@@ -26,6 +26,7 @@ class RoundTrip:
     received: Counter[str] = field(default_factory=Counter)
     identical: Counter[str] = field(default_factory=Counter)
     partitions: dict[str, set[int]] = field(default_factory=dict)
+    member_partitions: dict[str, set[int]] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -33,7 +34,9 @@ class RoundTrip:
         return self.sent == self.received == self.identical
 
 
-def round_trip(settings: Settings, events: list[CanonicalEvent], timeout_s: float = 60) -> RoundTrip:
+def round_trip(
+    settings: Settings, events: list[CanonicalEvent], timeout_s: float = 60
+) -> RoundTrip:
     start = time.monotonic()
     wait_for_broker(settings.kafka_bootstrap, timeout_s=timeout_s)
     topic = settings.canonical_topic
@@ -62,6 +65,7 @@ def round_trip(settings: Settings, events: list[CanonicalEvent], timeout_s: floa
                     back = decode_record(record)
                     result.received[back.event_type] += 1
                     result.partitions.setdefault(back.event_type, set()).add(record.partition)
+                    result.member_partitions.setdefault(back.member_id, set()).add(record.partition)
                     if back == original and record.value == dump_event(original):
                         result.identical[back.event_type] += 1
         consumer.commit()
@@ -71,13 +75,13 @@ def round_trip(settings: Settings, events: list[CanonicalEvent], timeout_s: floa
     return result
 
 
-def run(settings: Settings, console: Console) -> bool:
+def run(settings: Settings, console: Console, timeout_s: float = 60) -> bool:
     events = load_examples()
     console.print(
         f"Publishing {len(events)} example MSNAS events to [bold]{settings.canonical_topic}[/] "
         f"on {settings.kafka_bootstrap} (idempotent producer, acks=all), then reading them back"
     )
-    result = round_trip(settings, events)
+    result = round_trip(settings, events, timeout_s)
     table = Table(title="Canonical events: round trip through Kafka")
     table.add_column("event type")
     table.add_column("sent", justify="right")
@@ -100,6 +104,8 @@ def run(settings: Settings, console: Console) -> bool:
         "",
     )
     console.print(table)
-    verdict = "[green]round trip complete[/]" if result.complete else "[red]round trip INCOMPLETE[/]"
+    verdict = (
+        "[green]round trip complete[/]" if result.complete else "[red]round trip INCOMPLETE[/]"
+    )
     console.print(f"{verdict} in {result.seconds:.1f}s")
     return result.complete

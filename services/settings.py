@@ -46,9 +46,7 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: Annotated[str, AfterValidator(_bootstrap_servers)] = "127.0.0.1:9092"
     database_url: Annotated[str, AfterValidator(_database_url)] = "sqlite:///.jokko/jokko.db"
-    canonical_topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9._\-]{1,249}$")] = (
-        "jokko.events.v1"
-    )
+    canonical_topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9._\-]{1,249}$")] = "jokko.events.v1"
     canonical_partitions: Annotated[int, Field(ge=1, le=1000)] = 6
 
 

@@ -31,12 +31,17 @@ class _Payment(_Base):
 def _round_trip(engine: Engine) -> None:
     _Base.metadata.create_all(engine)
     with Session(engine) as s, s.begin():
-        s.add(_Payment(reference="WAVE-2026-11-0001", payer="Ndèye Fatou Diop",
-                       amount_xof=3_500_000_000))
+        s.add(
+            _Payment(
+                reference="WAVE-2026-11-0001", payer="Ndèye Fatou Diop", amount_xof=3_500_000_000
+            )
+        )
     with Session(engine) as s:
         row = s.scalars(select(_Payment)).one()
         assert (row.reference, row.payer, row.amount_xof) == (
-            "WAVE-2026-11-0001", "Ndèye Fatou Diop", 3_500_000_000
+            "WAVE-2026-11-0001",
+            "Ndèye Fatou Diop",
+            3_500_000_000,
         )
     # The unique constraint, not a read-before-write, is what refuses a second copy.
     with pytest.raises(IntegrityError), Session(engine) as s, s.begin():
@@ -47,7 +52,10 @@ def _round_trip(engine: Engine) -> None:
 
 def test_postgres_round_trip(pg_engine: Engine) -> None:
     with pg_engine.connect() as conn:
-        assert conn.execute(text("select current_setting('server_version_num')::int")).scalar_one() >= 150000
+        assert (
+            conn.execute(text("select current_setting('server_version_num')::int")).scalar_one()
+            >= 150000
+        )
     _round_trip(pg_engine)
 
 
