@@ -114,7 +114,8 @@ def test_maternity_care_goes_to_cmu_and_cash_benefit_to_css() -> None:
         for e in raw_examples()
         if e["event_type"] == "maternity.declared" and not e["payload"]["cash_benefit_requested"]
     ]
-    assert with_cash and without, "examples must cover both cases"
+    assert with_cash, "examples must cover a cash benefit"
+    assert without, "examples must cover care only"
     assert destinations(parse_event(with_cash[0]), None) == [CMU, CSS]
     assert destinations(parse_event(without[0]), None) == [CMU]
 
