@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install infra lint test test-unit demo schema clean
+.PHONY: install infra lint test test-unit demo schema bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test-unit: install
 demo: install
 	scripts/kafka.sh fetch
 	scripts/demo.sh
+
+# Benchmarks write bench/results/<bench>.json and regenerate bench/RESULTS.md.
+bench: install
+	$(BIN)/python -m bench.adapters
 
 schema: install
 	$(BIN)/jokko schema export
