@@ -145,8 +145,11 @@ class UnsupportedEvent(JokkoError):
 class OutboundAdapter(Protocol):
     """The module interface of ``adapters.cmu``, ``adapters.css`` and ``adapters.ipres``."""
 
-    INSTITUTION: Institution
-    FORMAT_VERSION: int
+    @property
+    def INSTITUTION(self) -> Institution: ...  # noqa: N802 - a module constant in adapters
+
+    @property
+    def FORMAT_VERSION(self) -> int: ...  # noqa: N802
 
     def translate(
         self, event: CanonicalEvent, member: MemberProfile | None

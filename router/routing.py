@@ -91,9 +91,7 @@ ROUTING_TABLE: Mapping[str, Mapping[Institution, Cell]] = {
     "contribution.paid": _CONTRIBUTION_ROW,
     "contribution.reversed": _CONTRIBUTION_ROW,
     "claim.submitted": {Institution.CMU: ALWAYS},
-    "claim.adjudicated": {
-        Institution.CMU: Cell("unless CMU decided it", _not_adjudicated_by_cmu)
-    },
+    "claim.adjudicated": {Institution.CMU: Cell("unless CMU decided it", _not_adjudicated_by_cmu)},
     "maternity.declared": {
         Institution.CMU: Cell("care part", _always),
         Institution.CSS: Cell("cash benefit, if requested", _cash_benefit),

@@ -1,0 +1,168 @@
+"""Database rows of the router: inbox, outbox, member profiles, dead letters, status trail.
+
+These are the third of Jokko's three models (canonical event, wire message, row); mapping
+between them is explicit in ``router.processing``. The schema itself is created by Alembic
+(``router/migrations``); ``Base.metadata`` is what the migrations are checked against.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware on both dialects: SQLite stores naive values, PostgreSQL timestamptz."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    DEAD = "dead"
+
+
+class Stage(StrEnum):
+    """Steps of an event's status trail, in the order they normally happen."""
+
+    RECEIVED = "received"
+    ROUTED = "routed"
+    QUEUED = "queued"
+    PUBLISHED = "published"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    DEAD = "dead"
+    DUPLICATE = "duplicate"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class InboxRow(Base):
+    """One row per canonical event ever processed; the unique key is the idempotency check."""
+
+    __tablename__ = "inbox"
+
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    member_id: Mapped[str] = mapped_column(String(64), index=True)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    topic: Mapped[str | None] = mapped_column(String(249))
+    partition: Mapped[int | None] = mapped_column(Integer)
+    offset: Mapped[int | None] = mapped_column(BigInteger)
+    destinations: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class MemberProfileRow(Base):
+    """The member's current package and branches, which later events are routed by."""
+
+    __tablename__ = "member_profile"
+
+    member_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    package: Mapped[str] = mapped_column(String(32))
+    opted_branches: Mapped[str] = mapped_column(String(128))
+    region: Mapped[str] = mapped_column(String(8))
+    departement: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class OutboxRow(Base):
+    """One message for one institution; ``id`` order is the publication order."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("institution", "member_id", "member_seq", name="uq_outbox_member_seq"),
+        Index("ix_outbox_pending", "state", "institution", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(36), unique=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("inbox.event_id"), index=True)
+    institution: Mapped[str] = mapped_column(String(16))
+    member_id: Mapped[str] = mapped_column(String(64))
+    member_seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(64))
+    format_version: Mapped[int] = mapped_column(Integer)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reason_code: Mapped[str | None] = mapped_column(String(64))
+    reason_text: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class DeadLetterRow(Base):
+    """Work that could not be done, kept whole so an operator can replay it.
+
+    A poison record from the canonical topic is keyed by its position, so the same record
+    re-delivered after a crash is recorded once.
+    """
+
+    __tablename__ = "dead_letter"
+    __table_args__ = (UniqueConstraint("topic", "partition", "offset", name="uq_dead_position"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+    event_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    message_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    institution: Mapped[str | None] = mapped_column(String(16))
+    topic: Mapped[str | None] = mapped_column(String(249))
+    partition: Mapped[int | None] = mapped_column(Integer)
+    offset: Mapped[int | None] = mapped_column(BigInteger)
+    original: Mapped[bytes] = mapped_column(LargeBinary)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    replayed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    discarded_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class TrailRow(Base):
+    """An event's status trail: what happened to it, when, for which institution."""
+
+    __tablename__ = "status_trail"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36), index=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    institution: Mapped[str | None] = mapped_column(String(16))
+    message_id: Mapped[str | None] = mapped_column(String(36))
+    detail: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
