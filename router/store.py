@@ -106,7 +106,8 @@ class OutboxRow(Base):
     __tablename__ = "outbox"
     __table_args__ = (
         UniqueConstraint("institution", "member_id", "member_seq", name="uq_outbox_member_seq"),
-        Index("ix_outbox_pending", "state", "institution", "id"),
+        Index("ix_outbox_pending", "state", "id"),
+        Index("ix_outbox_member", "member_id", "institution", "state"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -150,6 +151,7 @@ class DeadLetterRow(Base):
     original: Mapped[bytes] = mapped_column(LargeBinary)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     replayed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     discarded_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 

@@ -156,7 +156,12 @@ class OutboundAdapterContract:
             assert info.value.errors, f"{name}: the error must say where"
             assert info.value.institution == self.institution
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    # one method, run by each subclass: "differing executors" is the point here
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors],
+    )
     @given(event=events())
     def test_any_valid_event_routed_here_validates(self, event: CanonicalEvent) -> None:
         member = opted_into_everything(event)

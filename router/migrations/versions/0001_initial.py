@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 03:53:57.783682
+Create Date: 2026-11-28
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("original", sa.LargeBinary(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("replayed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("discarded_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
@@ -109,12 +110,16 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_outbox_event_id"), ["event_id"], unique=False)
-        batch_op.create_index("ix_outbox_pending", ["state", "institution", "id"], unique=False)
+        batch_op.create_index(
+            "ix_outbox_member", ["member_id", "institution", "state"], unique=False
+        )
+        batch_op.create_index("ix_outbox_pending", ["state", "id"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_index("ix_outbox_pending")
+        batch_op.drop_index("ix_outbox_member")
         batch_op.drop_index(batch_op.f("ix_outbox_event_id"))
 
     op.drop_table("outbox")
