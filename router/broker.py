@@ -113,11 +113,15 @@ def group_consumer(
     *,
     client_id: str = "jokko",
     max_poll_records: int = 500,
+    instance_id: str | None = None,
+    session_timeout_ms: int = 10_000,
 ) -> KafkaConsumer:
     """A consumer-group member that never commits by itself.
 
     Offsets are committed by the caller once its work is durable, so a crash re-delivers
-    instead of losing (auto-commit would acknowledge before processing).
+    instead of losing (auto-commit would acknowledge before processing). With an
+    ``instance_id`` (static membership) a restarted process takes its partitions back at
+    once instead of waiting for its dead predecessor's session to expire.
     """
     return KafkaConsumer(
         *topics,
@@ -127,4 +131,7 @@ def group_consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=max_poll_records,
+        group_instance_id=instance_id,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=min(3_000, session_timeout_ms // 3),
     )

@@ -69,13 +69,20 @@ def _save_profile(session: Session, profile: MemberProfile) -> None:
     )
 
 
-def _next_seq(session: Session, institution: Institution, member_id: str) -> int:
-    current = session.scalar(
-        select(func.max(OutboxRow.member_seq)).where(
-            OutboxRow.institution == institution.value, OutboxRow.member_id == member_id
+def _next_seqs(
+    session: Session, member_id: str, institutions: set[Institution]
+) -> dict[Institution, int]:
+    """The next per-member sequence number for each institution, in one query."""
+    rows = session.execute(
+        select(OutboxRow.institution, func.max(OutboxRow.member_seq))
+        .where(
+            OutboxRow.member_id == member_id,
+            OutboxRow.institution.in_([i.value for i in institutions]),
         )
-    )
-    return (current or 0) + 1
+        .group_by(OutboxRow.institution)
+    ).all()
+    current = {Institution(inst): seq for inst, seq in rows}
+    return {i: current.get(i, 0) + 1 for i in institutions}
 
 
 def _dead_letter_poison(engine: Engine, record: RawRecord, exc: JokkoError, reason: str) -> None:
@@ -125,18 +132,17 @@ class Processor:
 
     def _apply(self, session: Session, record: RawRecord, event: CanonicalEvent) -> Outcome:
         event_id = str(event.event_id)
-        session.add(
-            InboxRow(
-                event_id=event_id,
-                event_type=event.event_type,
-                member_id=event.member_id,
-                recorded_at=event.recorded_at,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                destinations="",
-            )
+        inbox = InboxRow(
+            event_id=event_id,
+            event_type=event.event_type,
+            member_id=event.member_id,
+            recorded_at=event.recorded_at,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            destinations="",
         )
+        session.add(inbox)
         try:
             session.flush()
         except IntegrityError as exc:
@@ -147,14 +153,15 @@ class Processor:
         messages: list[OutboundMessage] = [
             m for inst in targets for m in self._adapters[inst].translate(event, profile)
         ]
-        inbox = session.get_one(InboxRow, event_id)
         inbox.destinations = ",".join(t.value for t in targets)
         session.add(TrailRow(event_id=event_id, stage=Stage.RECEIVED))
         session.add(TrailRow(event_id=event_id, stage=Stage.ROUTED, detail=inbox.destinations))
-        seqs: dict[Institution, int] = {}
+        seqs = (
+            _next_seqs(session, event.member_id, {m.institution for m in messages})
+            if messages
+            else {}
+        )
         for m in messages:
-            if m.institution not in seqs:
-                seqs[m.institution] = _next_seq(session, m.institution, m.member_id)
             seq = seqs[m.institution]
             seqs[m.institution] += 1
             session.add(

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from schemas.errors import JokkoError
+from services.bootstrap import Jokko, bootstrap, stop_on_signals
 from services.settings import load_settings
 
 app = typer.Typer(no_args_is_help=True, help="Jokko: the RSPC interoperability middleware.")
@@ -29,6 +30,50 @@ def schema_export(
 
     written = export_json_schemas(out)
     Console().print(f"wrote {len(written)} JSON Schemas to {out}")
+
+
+def _configure_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def _jokko() -> Jokko:
+    try:
+        return bootstrap(load_settings())
+    except JokkoError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def router() -> None:
+    """Consume the canonical topic: inbox + outbox per event, offsets committed after."""
+    _configure_logging()
+    stop = stop_on_signals()
+    _jokko().router().run(stop)
+
+
+@app.command()
+def relay() -> None:
+    """Publish outbox rows to the per-institution topics, then mark them sent."""
+    _configure_logging()
+    stop = stop_on_signals()
+    _jokko().relay().run(stop)
+
+
+@app.command()
+def replay(
+    dead_letter_ids: Annotated[list[int], typer.Argument(help="Dead-letter ids to re-drive.")],
+) -> None:
+    """Re-drive dead letters through the idempotent router."""
+    from router.replay import replay as replay_dead_letters
+
+    jokko = _jokko()
+    results = replay_dead_letters(jokko.engine, jokko.processor(), dead_letter_ids)
+    for dl_id, result in results.items():
+        Console().print(f"dead letter {dl_id}: {result}")
 
 
 @app.command()

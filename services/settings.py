@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     database_url: Annotated[str, AfterValidator(_database_url)] = "sqlite:///.jokko/jokko.db"
     canonical_topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9._\-]{1,249}$")] = "jokko.events.v1"
     canonical_partitions: Annotated[int, Field(ge=1, le=1000)] = 6
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9._\-]{0,64}$")] = ""
+    router_group: Annotated[str, Field(min_length=1, max_length=128)] = "jokko-router"
+    router_instance_id: Annotated[str | None, Field(min_length=1, max_length=128)] = None
+    """Static group membership (e.g. the pod name): a restarted router resumes at once."""
+    relay_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,0 +1,78 @@
+"""The composition root: the one place that builds real engines, clients and workers.
+
+Tests build the same graph with their own settings (a test schema, a topic prefix), so what
+they exercise is what production runs.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass
+from types import FrameType
+
+from sqlalchemy import Engine
+
+from adapters.base import Institution, OutboundAdapter
+from router.broker import ensure_topics, group_consumer, idempotent_producer, wait_until_ready
+from router.db import make_engine
+from router.migrate import upgrade
+from router.processing import Processor
+from router.registry import outbound_adapters
+from router.relay import Relay
+from router.topics import Topics
+from router.worker import RouterWorker
+from services.settings import Settings
+
+
+@dataclass
+class Jokko:
+    settings: Settings
+    engine: Engine
+    topics: Topics
+    adapters: dict[Institution, OutboundAdapter]
+
+    def processor(self) -> Processor:
+        return Processor(self.engine, self.adapters)
+
+    def router(self) -> RouterWorker:
+        consumer = group_consumer(
+            self.settings.kafka_bootstrap,
+            self.settings.router_group,
+            [self.topics.canonical],
+            client_id="jokko-router",
+            instance_id=self.settings.router_instance_id,
+        )
+        return RouterWorker(consumer, self.processor())
+
+    def relay(self) -> Relay:
+        producer = idempotent_producer(self.settings.kafka_bootstrap, client_id="jokko-relay")
+        return Relay(self.engine, producer, self.topics, batch_size=self.settings.relay_batch_size)
+
+
+def bootstrap(settings: Settings, *, migrate: bool = True, kafka: bool = True) -> Jokko:
+    """Connect, bring the store to the current schema and make sure the topics exist."""
+    engine = make_engine(settings.database_url)
+    if migrate:
+        upgrade(engine)
+    topics = Topics(
+        canonical=settings.canonical_topic,
+        prefix=settings.topic_prefix,
+        partitions=settings.canonical_partitions,
+    )
+    if kafka:
+        wait_until_ready(settings.kafka_bootstrap)
+        ensure_topics(settings.kafka_bootstrap, topics.specs())
+    return Jokko(settings, engine, topics, outbound_adapters())
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, so workers finish their batch and close cleanly."""
+    stop = threading.Event()
+
+    def _handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    return stop
