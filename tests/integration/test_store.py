@@ -137,3 +137,32 @@ def test_member_event_before_enrolment_is_dead_lettered(engine: Engine) -> None:
         assert s.scalars(select(DeadLetterRow.reason)).one() == "member_unknown"
         # nothing half-done: the inbox row was rolled back with the rest
         assert s.get(InboxRow, str(update.event_id)) is None
+
+
+def test_replay_re_drives_a_dead_letter_once(engine: Engine) -> None:
+    from router.replay import replay
+
+    processor = Processor(engine, echo_adapters())
+    events = load_examples()
+    update = next(e for e in events if e.event_type == "member.updated")
+    enrolment = next(
+        e for e in events if isinstance(e, MemberEnrolled) and e.member_id == update.member_id
+    )
+    assert processor.process(RawRecord("t", 0, 1, dump_event(update))) == Outcome.DEAD_LETTERED
+    with Session(engine) as s:
+        dead_id = s.scalars(select(DeadLetterRow.id)).one()
+    assert processor.process(RawRecord("t", 0, 2, dump_event(enrolment))) == Outcome.ROUTED
+    before = count(engine, OutboxRow)
+
+    assert replay(engine, processor, [dead_id, 999_999]) == {
+        dead_id: "routed",
+        999_999: "unknown",
+    }
+    after_first = count(engine, OutboxRow)
+    assert after_first > before
+    # replaying again is harmless: the inbox recognises the event
+    assert replay(engine, processor, [dead_id]) == {dead_id: "duplicate"}
+    assert count(engine, OutboxRow) == after_first
+    with Session(engine) as s:
+        row = s.get_one(DeadLetterRow, dead_id)
+        assert row.replayed_at is not None
