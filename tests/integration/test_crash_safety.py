@@ -23,13 +23,13 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
-from router.broker import ensure_topics, idempotent_producer
+from router.broker import ensure_topics, idempotent_producer, wait_until_ready
 from router.canonical import publish_events
 from router.migrate import upgrade
 from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
 from router.topics import Topics
 from tests.factories import contributions
-from tests.infra import PostgresCluster
+from tests.infra import KafkaBroker, PostgresCluster
 from tests.integration.test_relay import assert_once_and_in_member_order, read_outbound
 
 pytestmark = pytest.mark.integration
@@ -89,19 +89,16 @@ class Flow:
         )
 
 
-@pytest.fixture
-def flow(
-    pg_engine: Engine, postgres: PostgresCluster, kafka_bootstrap: str, tmp_path: Path
-) -> Iterator[Flow]:
-    upgrade(pg_engine)
-    with pg_engine.connect() as conn:
+def make_flow(engine: Engine, postgres: PostgresCluster, bootstrap: str, logs: Path) -> Flow:
+    upgrade(engine)
+    with engine.connect() as conn:
         schema = conn.execute(text("select current_schema()")).scalar_one()
     prefix = f"c{uuid.uuid4().hex[:8]}."
     topics = Topics(canonical=f"{prefix}jokko.events.v1", prefix=prefix, partitions=6)
-    ensure_topics(kafka_bootstrap, topics.specs())
+    ensure_topics(bootstrap, topics.specs())
     env = {
         **os.environ,
-        "JOKKO_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "JOKKO_KAFKA_BOOTSTRAP": bootstrap,
         "JOKKO_DATABASE_URL": f"{postgres.url}?options=-csearch_path%3D{schema}",
         "JOKKO_CANONICAL_TOPIC": topics.canonical,
         "JOKKO_TOPIC_PREFIX": prefix,
@@ -109,7 +106,14 @@ def flow(
         "JOKKO_ROUTER_INSTANCE_ID": "router-1",
         "JOKKO_RELAY_BATCH_SIZE": "200",
     }
-    f = Flow(pg_engine, env, topics, tmp_path)
+    return Flow(engine, env, topics, logs)
+
+
+@pytest.fixture
+def flow(
+    pg_engine: Engine, postgres: PostgresCluster, kafka_bootstrap: str, tmp_path: Path
+) -> Iterator[Flow]:
+    f = make_flow(pg_engine, postgres, kafka_bootstrap, tmp_path)
     try:
         yield f
     finally:
@@ -198,3 +202,34 @@ def test_relay_killed_repeatedly_loses_nothing_and_republishes_with_the_same_id(
     print(f"relay kills: {flow.kills['relay']}, republished copies: {republished}")
     # a copy is only ever a republish of a whole claimed batch, never a new message
     assert republished <= flow.kills["relay"] * 200
+
+
+def test_broker_stopped_mid_stream_then_everything_arrives(
+    pg_engine: Engine, postgres: PostgresCluster, tmp_path: Path
+) -> None:
+    """The broker goes away for a while under a running router and relay, then comes back."""
+    broker = KafkaBroker(directory=tmp_path / "broker")
+    broker.start()
+    f: Flow | None = None
+    try:
+        wait_until_ready(broker.bootstrap)
+        f = make_flow(pg_engine, postgres, broker.bootstrap, tmp_path)
+        n = feed(f, broker.bootstrap, members=40, per_member=10)
+        f.start("router")
+        f.start("relay")
+        wait_for(lambda: f is not None and f.inbox() > 20, 60, "the router to start", f)
+        broker.stop()
+        at_stop = f.inbox()
+        time.sleep(5)  # router and relay now retry against a dead broker
+        assert f.procs["router"].poll() is None, "the router must survive a broker outage"
+        assert f.procs["relay"].poll() is None, "the relay must survive a broker outage"
+        broker.restart()
+        wait_for(lambda: f is not None and f.inbox() == n and f.unsent() == 0, 180, "recovery", f)
+        ids = assert_store_exact(f, n)
+        got = read_outbound(broker.bootstrap, f.topics, len(ids))
+        assert {h["message_id"] for h in got} == ids
+        print(f"broker stopped with {at_stop}/{n} events routed; all {len(ids)} delivered after")
+    finally:
+        if f is not None:
+            f.stop_all()
+        broker.stop()
