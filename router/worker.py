@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from kafka import KafkaConsumer
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from sqlalchemy.exc import OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
@@ -35,6 +36,7 @@ class RouterWorker:
         self._consumer = consumer
         self._processor = processor
         self.stats: Counter[Outcome] = Counter()
+        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
         self._on_outcome = on_outcome
         # The database being briefly unreachable is no reason to skip a record: wait it out,
         # with jittered back-off so several routers do not hammer it in step.
@@ -48,20 +50,39 @@ class RouterWorker:
     def poll_once(self, timeout_ms: int = 500) -> int:
         """Process one polled batch and commit its offsets; returns the records handled."""
         batch = self._consumer.poll(timeout_ms=timeout_ms)
-        handled = 0
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        raws = [
+            RawRecord(r.topic, r.partition, r.offset, r.value or b"")
+            for records in batch.values()
+            for r in records
+        ]
+        if not raws:
+            self._commit()  # offsets deferred by an outage go as soon as it is over
+            return 0
+        # One transaction for the whole batch, then the offsets: never the other way round.
+        outcomes = self._retrying(self._processor.process_batch, raws)
+        for outcome in outcomes:
+            self.stats[outcome] += 1
+            if self._on_outcome:
+                self._on_outcome(outcome)
         for tp, records in batch.items():
-            for r in records:
-                raw = RawRecord(r.topic, r.partition, r.offset, r.value or b"")
-                outcome = self._retrying(self._processor.process, raw)
-                self.stats[outcome] += 1
-                if self._on_outcome:
-                    self._on_outcome(outcome)
-                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
-                handled += 1
-        if offsets:
-            self._consumer.commit(offsets)
-        return handled
+            if records:
+                self._uncommitted[TopicPartition(tp.topic, tp.partition)] = OffsetAndMetadata(
+                    records[-1].offset + 1, "", -1
+                )
+        self._commit()
+        return len(raws)
+
+    def _commit(self) -> None:
+        """Commit what the store already holds. If the broker cannot take the commit now
+        (outage, rebalance), keep the offsets and try again after the next batch: the store
+        is already right, and a re-delivery in between is recognised by the inbox."""
+        if not self._uncommitted:
+            return
+        try:
+            self._consumer.commit(dict(self._uncommitted))
+            self._uncommitted.clear()
+        except KafkaError as exc:
+            log.warning("offset commit deferred: %s", exc)
 
     def run(self, stop: threading.Event) -> None:
         log.info("router started")

@@ -42,6 +42,7 @@ class Jokko:
             [self.topics.canonical],
             client_id="jokko-router",
             instance_id=self.settings.router_instance_id,
+            max_poll_records=self.settings.router_batch_size,
         )
         return RouterWorker(consumer, self.processor())
 

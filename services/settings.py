@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     router_instance_id: Annotated[str | None, Field(min_length=1, max_length=128)] = None
     """Static group membership (e.g. the pod name): a restarted router resumes at once."""
     relay_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    router_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    """Records polled, and applied in one transaction, at a time."""
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -105,6 +105,8 @@ def make_flow(engine: Engine, postgres: PostgresCluster, bootstrap: str, logs: P
         "JOKKO_ROUTER_GROUP": f"{prefix}router",
         "JOKKO_ROUTER_INSTANCE_ID": "router-1",
         "JOKKO_RELAY_BATCH_SIZE": "200",
+        # small transactions, so that kills and outages land in the middle of the stream
+        "JOKKO_ROUTER_BATCH_SIZE": "10",
     }
     return Flow(engine, env, topics, logs)
 
@@ -158,7 +160,7 @@ def assert_store_exact(flow: Flow, n_events: int) -> set[str]:
 def test_router_killed_ten_times_loses_and_doubles_nothing(
     flow: Flow, kafka_bootstrap: str
 ) -> None:
-    n = feed(flow, kafka_bootstrap, members=40, per_member=15)
+    n = feed(flow, kafka_bootstrap, members=40, per_member=40)
     rng = random.Random(20261128)
     flow.start("relay")
     progress = []
@@ -167,7 +169,7 @@ def test_router_killed_ten_times_loses_and_doubles_nothing(
         flow.start("router")
         # kill once it is working: a random moment after its first new inbox row
         wait_for(lambda b=before: flow.inbox() > b, 60, "the router to make progress", flow)
-        time.sleep(rng.uniform(0.0, 0.4))
+        time.sleep(rng.uniform(0.0, 0.2))
         flow.kill("router")
         progress.append(flow.inbox())
     mid_stream = [p for p in progress if 0 < p < n]

@@ -166,3 +166,37 @@ def test_replay_re_drives_a_dead_letter_once(engine: Engine) -> None:
     with Session(engine) as s:
         row = s.get_one(DeadLetterRow, dead_id)
         assert row.replayed_at is not None
+
+
+def test_one_batch_mixing_new_duplicate_poison_and_unknown_member(engine: Engine) -> None:
+    processor = Processor(engine, echo_adapters())
+    events = load_examples()
+    enrolment = next(e for e in events if isinstance(e, MemberEnrolled))
+    orphan = next(e for e in events if e.event_type == "member.status_changed")
+    recs = [
+        RawRecord("t", 0, 0, dump_event(enrolment)),
+        RawRecord("t", 0, 1, b"garbage"),
+        RawRecord("t", 0, 2, dump_event(enrolment)),  # the same event again, same batch
+        RawRecord("t", 0, 3, dump_event(orphan)),  # its member was never enrolled here
+    ]
+    assert processor.process_batch(recs) == [
+        Outcome.ROUTED,
+        Outcome.DEAD_LETTERED,
+        Outcome.DUPLICATE,
+        Outcome.DEAD_LETTERED,
+    ]
+    assert count(engine, InboxRow) == 1
+    with Session(engine) as s:
+        reasons = sorted(s.scalars(select(DeadLetterRow.reason)))
+        routed = s.get_one(InboxRow, str(enrolment.event_id)).destinations
+    assert reasons == ["invalid_event", "member_unknown"]
+    member = profiles([enrolment])[enrolment.member_id]
+    assert routed == ",".join(i.value for i in destinations(enrolment, member))
+    # the whole batch again: nothing new, dead letters not doubled
+    assert processor.process_batch(recs) == [
+        Outcome.DUPLICATE,
+        Outcome.DEAD_LETTERED,
+        Outcome.DUPLICATE,
+        Outcome.DEAD_LETTERED,
+    ]
+    assert count(engine, DeadLetterRow) == 2
