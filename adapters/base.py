@@ -74,6 +74,15 @@ class MemberProfile:
         )
 
 
+def profile_after(current: MemberProfile | None, event: CanonicalEvent) -> MemberProfile | None:
+    """The member's profile once ``event`` is applied: enrolments set it, updates change it."""
+    if isinstance(event, MemberEnrolled):
+        return MemberProfile.from_enrolment(event)
+    if isinstance(event, MemberUpdated) and current is not None:
+        return current.updated(event)
+    return current
+
+
 _MESSAGE_NAMESPACE = UUID("5f1c2a8e-7d3b-4c51-9a0e-6b8d2f4e1c37")
 
 

@@ -13,10 +13,10 @@ from functools import partial
 from importlib import import_module
 from typing import Any
 
-from adapters.base import Institution, MemberProfile
+from adapters.base import Institution, MemberProfile, profile_after
 from bench.record import figure, write_record
 from router.routing import destinations
-from schemas import CanonicalEvent, MemberEnrolled, MemberUpdated
+from schemas import CanonicalEvent
 from schemas.examples import load_examples
 
 TARGETS = {Institution.CMU: 2_000, Institution.CSS: 10_000, Institution.IPRES: 10_000}
@@ -43,11 +43,9 @@ def routed_examples(inst: Institution) -> dict[str, tuple[CanonicalEvent, Member
     known: dict[str, MemberProfile] = {}
     out: dict[str, tuple[CanonicalEvent, MemberProfile | None]] = {}
     for e in load_examples():
-        if isinstance(e, MemberEnrolled):
-            known[e.member_id] = MemberProfile.from_enrolment(e)
-        elif isinstance(e, MemberUpdated) and e.member_id in known:
-            known[e.member_id] = known[e.member_id].updated(e)
-        member = known.get(e.member_id)
+        member = profile_after(known.get(e.member_id), e)
+        if member is not None:
+            known[e.member_id] = member
         if inst in destinations(e, member) and e.event_type not in out:
             out[e.event_type] = (e, member)
     return out

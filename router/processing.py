@@ -18,7 +18,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from adapters.base import Institution, MemberProfile, OutboundAdapter, OutboundMessage
+from adapters.base import (
+    Institution,
+    MemberProfile,
+    OutboundAdapter,
+    OutboundMessage,
+    profile_after,
+)
 from router.routing import MemberUnknown, destinations
 from router.store import (
     Base,
@@ -181,11 +187,7 @@ class _Batch:
 
     def add(self, event: CanonicalEvent, adapters: Mapping[Institution, OutboundAdapter]) -> None:
         """Route and translate one new event; raises before changing anything if it cannot."""
-        profile = self.profiles.get(event.member_id)
-        if isinstance(event, MemberEnrolled):
-            profile = MemberProfile.from_enrolment(event)
-        elif isinstance(event, MemberUpdated) and profile is not None:
-            profile = profile.updated(event)
+        profile = profile_after(self.profiles.get(event.member_id), event)
         targets = destinations(event, profile)
         messages: list[OutboundMessage] = [
             m for inst in targets for m in adapters[inst].translate(event, profile)

@@ -22,6 +22,7 @@ from adapters.base import (
     MemberProfile,
     OutboundMessage,
     UnsupportedEvent,
+    profile_after,
 )
 from router.routing import ROUTING_TABLE, destinations
 from schemas import (
@@ -44,10 +45,9 @@ def profiles(history: list[CanonicalEvent]) -> dict[str, MemberProfile]:
     """Members' profiles after ``history``, as the router keeps them."""
     known: dict[str, MemberProfile] = {}
     for e in history:
-        if isinstance(e, MemberEnrolled):
-            known[e.member_id] = MemberProfile.from_enrolment(e)
-        elif isinstance(e, MemberUpdated) and e.member_id in known:
-            known[e.member_id] = known[e.member_id].updated(e)
+        profile = profile_after(known.get(e.member_id), e)
+        if profile is not None:
+            known[e.member_id] = profile
     return known
 
 
