@@ -115,6 +115,7 @@ def group_consumer(
     max_poll_records: int = 500,
     instance_id: str | None = None,
     session_timeout_ms: int = 10_000,
+    metadata_timeout_s: float = 10.0,
 ) -> KafkaConsumer:
     """A consumer-group member that never commits by itself.
 
@@ -123,7 +124,8 @@ def group_consumer(
     ``instance_id`` (static membership) a restarted process takes its partitions back at
     once instead of waiting for its dead predecessor's session to expire.
     """
-    return KafkaConsumer(
+    topics = list(topics)
+    consumer = KafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
         group_id=group_id,
@@ -135,3 +137,11 @@ def group_consumer(
         session_timeout_ms=session_timeout_ms,
         heartbeat_interval_ms=min(3_000, session_timeout_ms // 3),
     )
+    # Know the topics' partitions before joining: a group leader that assigns while its
+    # metadata still lacks a freshly created topic hands out nothing, and the group then
+    # sits idle until the next metadata refresh (minutes).
+    deadline = time.monotonic() + metadata_timeout_s
+    for topic in topics:
+        while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return consumer
