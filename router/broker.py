@@ -96,13 +96,18 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> None:
         admin.close()
 
 
-def idempotent_producer(bootstrap: str, *, client_id: str = "jokko") -> KafkaProducer:
+def idempotent_producer(
+    bootstrap: str, *, client_id: str = "jokko", max_block_s: float = 60.0
+) -> KafkaProducer:
+    """``max_block_s`` bounds how long ``send`` waits for a topic's metadata (a missing topic
+    blocks the sending thread that long before failing)."""
     return KafkaProducer(
         bootstrap_servers=bootstrap,
         client_id=client_id,
         enable_idempotence=True,
         acks="all",
         linger_ms=5,
+        max_block_ms=int(max_block_s * 1000),
     )
 
 

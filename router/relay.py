@@ -1,128 +1,106 @@
-"""``jokko relay``: publishes outbox rows to the per-institution topics, then marks them sent.
+"""``jokko relay``: delivers the outbox, one worker per institution, and publishes dead letters.
 
-A row is marked sent only after the broker acknowledged it (``acks=all``), in the same
+Over Kafka a row is marked sent only after the broker acknowledged it (``acks=all``), in the
 transaction that claimed it. A relay killed between the two republishes the row on restart;
 the copy carries the same ``message_id`` header, so consumers can drop it.
 
-Several relays may share a PostgreSQL store: rows are claimed with ``FOR UPDATE SKIP LOCKED``,
-and a relay publishes a member's rows only when every earlier pending row of that member (for
-that institution) is in its own claim, so per-member order holds across relays. With SQLite
-(the embedded demo store) run a single relay.
+Each institution's worker runs in its own thread with its own back-off and circuit breaker
+(``router.delivery``): a topic, endpoint or directory that fails holds up only its own
+institution. Several relays may share a PostgreSQL store (``FOR UPDATE SKIP LOCKED`` claims);
+with SQLite (the embedded demo store) run a single relay.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
-from tenacity import RetryError, Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, TrailRow, utcnow
+from adapters.base import Institution
+from router.delivery import (
+    Channel,
+    ChannelUnavailable,
+    Delivery,
+    DeliveryWorker,
+    Parcel,
+    Result,
+    RetryPolicy,
+)
+from router.store import DeadLetterRow, DeliveryState, OutboxRow, utcnow
 from router.topics import Topics
 
 log = logging.getLogger(__name__)
 
 
-def _in_order(
-    claimed: Sequence[OutboxRow], pending: Sequence[tuple[str, str, int]]
-) -> list[OutboxRow]:
-    """The claimed rows that can leave now: no earlier pending row of their member is
-    held elsewhere. ``pending`` is (institution, member_id, id) of pending rows."""
-    mine = {r.id for r in claimed}
-    first_gap: dict[tuple[str, str], int] = {}
-    for inst, member, row_id in sorted(pending, key=lambda p: p[2]):
-        key = (inst, member)
-        if row_id not in mine and key not in first_gap:
-            first_gap[key] = row_id
-    return [r for r in claimed if r.id < first_gap.get((r.institution, r.member_id), r.id + 1)]
+class KafkaChannel:
+    """An institution that reads its own topic, ``jokko.out.<institution>.v1``."""
 
+    name = "kafka"
 
-class Relay:
     def __init__(
         self,
-        engine: Engine,
         producer: KafkaProducer,
         topics: Topics,
+        institution: Institution,
         *,
-        batch_size: int = 500,
-        publish_timeout_s: float = 30.0,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self._producer = producer
+        self._topic = topics.outbound(institution)
+        self._institution = institution
+        self._timeout = timeout_s
+
+    @property
+    def institution(self) -> Institution:
+        return self._institution
+
+    def deliver(self, parcels: Sequence[Parcel]) -> list[Delivery]:
+        try:
+            futures = [
+                self._producer.send(
+                    self._topic,
+                    key=p.member_id.encode(),
+                    value=p.body,
+                    headers=[
+                        ("message_id", p.message_id.encode()),
+                        ("event_id", p.event_id.encode()),
+                        ("kind", p.kind.encode()),
+                        ("content_type", p.content_type.encode()),
+                        ("member_seq", str(p.member_seq).encode()),
+                        ("format_version", str(p.format_version).encode()),
+                    ],
+                )
+                for p in parcels
+            ]
+            # Waiting on our own futures, not flush(): another institution's stuck records
+            # in the shared producer must not hold this one up.
+            for f in futures:
+                f.get(timeout=self._timeout)
+        except KafkaError as exc:
+            # A partial publish is possible; the whole batch is retried with the same ids.
+            raise ChannelUnavailable(f"{self._topic}: {exc!r}") from exc
+        return [Delivery(p.message_id, Result.SENT) for p in parcels]
+
+
+class DeadLetterPublisher:
+    """Copies new dead letters to ``jokko.dlq.v1`` for whoever watches the stream."""
+
+    def __init__(
+        self, engine: Engine, producer: KafkaProducer, topics: Topics, *, batch_size: int = 500
     ) -> None:
         self._engine = engine
         self._producer = producer
-        self._topics = topics
+        self._topic = topics.dead_letters
         self._batch_size = batch_size
-        self._timeout = publish_timeout_s
         self._skip_locked = engine.dialect.name == "postgresql"
-        self.published = 0
 
-    def relay_once(self) -> int:
-        """Publish one batch of pending rows and dead letters; returns rows published."""
-        return self._relay_outbox() + self._relay_dead_letters()
-
-    def _relay_outbox(self) -> int:
-        with Session(self._engine) as session, session.begin():
-            query = (
-                select(OutboxRow)
-                .where(OutboxRow.state == DeliveryState.PENDING)
-                .order_by(OutboxRow.id)
-                .limit(self._batch_size)
-            )
-            if self._skip_locked:
-                query = query.with_for_update(skip_locked=True)
-            claimed = session.scalars(query).all()
-            if not claimed:
-                return 0
-            pending = session.execute(
-                select(OutboxRow.institution, OutboxRow.member_id, OutboxRow.id).where(
-                    OutboxRow.state == DeliveryState.PENDING,
-                    OutboxRow.member_id.in_({r.member_id for r in claimed}),
-                    OutboxRow.id <= max(r.id for r in claimed),
-                )
-            ).all()
-            rows = _in_order(claimed, [(p[0], p[1], p[2]) for p in pending])
-            futures = [
-                self._producer.send(
-                    self._topics.outbound(r.institution),
-                    key=r.member_id.encode(),
-                    value=r.body,
-                    headers=[
-                        ("message_id", r.message_id.encode()),
-                        ("event_id", r.event_id.encode()),
-                        ("kind", r.kind.encode()),
-                        ("content_type", r.content_type.encode()),
-                        ("member_seq", str(r.member_seq).encode()),
-                        ("format_version", str(r.format_version).encode()),
-                    ],
-                )
-                for r in rows
-            ]
-            self._producer.flush(timeout=self._timeout)
-            for f in futures:
-                f.get(timeout=self._timeout)  # any failure rolls the claim back
-            now = utcnow()
-            for r in rows:
-                r.state = DeliveryState.SENT
-                r.sent_at = now
-                r.attempts += 1
-                session.add(
-                    TrailRow(
-                        event_id=r.event_id,
-                        stage=Stage.PUBLISHED,
-                        institution=r.institution,
-                        message_id=r.message_id,
-                        at=now,
-                    )
-                )
-            self.published += len(rows)
-            return len(rows)
-
-    def _relay_dead_letters(self) -> int:
+    def publish_once(self, timeout_s: float = 30.0) -> int:
         with Session(self._engine) as session, session.begin():
             query = (
                 select(DeadLetterRow)
@@ -135,7 +113,7 @@ class Relay:
             dead = session.scalars(query).all()
             futures = [
                 self._producer.send(
-                    self._topics.dead_letters,
+                    self._topic,
                     value=d.original,
                     headers=[
                         ("dead_letter_id", str(d.id).encode()),
@@ -143,42 +121,102 @@ class Relay:
                         ("source", d.source.encode()),
                         ("event_id", (d.event_id or "").encode()),
                         ("message_id", (d.message_id or "").encode()),
+                        ("institution", (d.institution or "").encode()),
                         ("attempts", str(d.attempts).encode()),
                     ],
                 )
                 for d in dead
             ]
-            self._producer.flush(timeout=self._timeout)
             for f in futures:
-                f.get(timeout=self._timeout)
+                f.get(timeout=timeout_s)
             now = utcnow()
             for d in dead:
                 d.published_at = now
             return len(dead)
 
+    def run(self, stop: threading.Event, idle_s: float = 0.2) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                n = self.publish_once()
+                failures = 0
+            except (KafkaError, OperationalError) as exc:
+                failures += 1
+                log.warning("dead-letter publishing retrying: %r", exc)
+                stop.wait(RetryPolicy(initial_s=0.1, max_s=5.0).delay(failures))
+                continue
+            if n == 0:
+                stop.wait(idle_s)
+
+
+class Relay:
+    """All of one process's delivery: a worker per institution plus the dead-letter copier."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        producer: KafkaProducer,
+        topics: Topics,
+        *,
+        batch_size: int = 500,
+        policy: RetryPolicy | None = None,
+        channels: Mapping[Institution, Channel] | None = None,
+    ) -> None:
+        self._producer = producer
+        chosen: dict[Institution, Channel] = {
+            inst: KafkaChannel(producer, topics, inst) for inst in Institution
+        }
+        chosen.update(channels or {})
+        self.workers = {
+            inst: DeliveryWorker(engine, ch, policy=policy, batch_size=batch_size)
+            for inst, ch in chosen.items()
+        }
+        self.dead_letters = DeadLetterPublisher(engine, producer, topics, batch_size=batch_size)
+
+    @property
+    def published(self) -> int:
+        return sum(w.delivered for w in self.workers.values())
+
+    def relay_once(self) -> int:
+        """One round over every institution and the dead letters (tests and tools)."""
+        done = sum(w.deliver_once() for w in self.workers.values())
+        return done + self.dead_letters.publish_once()
+
     def close(self) -> None:
         self._producer.close()
 
-    def run(self, stop: threading.Event, idle_sleep_s: float = 0.05) -> None:
-        # Broker or database trouble: back off with jitter and try the same rows again.
-        retrying = Retrying(
-            retry=retry_if_exception_type((KafkaError, OperationalError)),
-            wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
-            stop=lambda _state: stop.is_set(),
-            before_sleep=lambda rs: log.warning("relay retrying: %s", rs.outcome),
-        )
-        log.info("relay started")
-        try:
-            while not stop.is_set():
+    def run(self, stop: threading.Event) -> None:
+        """Run every worker in its own thread until ``stop``. A worker that dies of a bug
+        stops the whole relay (so its supervisor restarts it) rather than leaving one
+        institution silently undelivered."""
+        crashed: list[BaseException] = []
+
+        def guarded(target: Callable[[threading.Event], None]) -> Callable[[], None]:
+            def run() -> None:
                 try:
-                    published = retrying(self.relay_once)
-                except RetryError:
-                    break  # asked to stop while retrying
-                if published == 0:
-                    stop.wait(idle_sleep_s)
+                    target(stop)
+                except BaseException as exc:
+                    log.exception("relay worker crashed")
+                    crashed.append(exc)
+                    stop.set()
+
+            return run
+
+        targets = [(f"deliver-{i}", w.run) for i, w in self.workers.items()]
+        targets.append(("dead-letters", self.dead_letters.run))
+        threads = [threading.Thread(target=guarded(t), name=n) for n, t in targets]
+        log.info("relay started")
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(timeout=0.5)
         finally:
             self.close()
-            log.info("relay stopped after publishing %d rows", self.published)
+            log.info("relay stopped after delivering %d rows", self.published)
+        if crashed:
+            raise crashed[0]
 
 
 def pending_by_institution(engine: Engine) -> dict[str, int]:

@@ -65,6 +65,7 @@ class Stage(StrEnum):
     REJECTED = "rejected"
     DEAD = "dead"
     DUPLICATE = "duplicate"
+    RETRYING = "retrying"
 
 
 class Base(DeclarativeBase):
@@ -108,6 +109,7 @@ class OutboxRow(Base):
         UniqueConstraint("institution", "member_id", "member_seq", name="uq_outbox_member_seq"),
         Index("ix_outbox_pending", "state", "id"),
         Index("ix_outbox_member", "member_id", "institution", "state"),
+        Index("ix_outbox_claim", "institution", "state", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -126,6 +128,13 @@ class OutboxRow(Base):
     reason_text: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    """Not before this instant: the row is backing off after a failed delivery."""
+    last_error: Mapped[str | None] = mapped_column(Text)
+    institution_ref: Mapped[str | None] = mapped_column(String(64))
+    batch_ref: Mapped[str | None] = mapped_column(String(40), index=True)
+    """The file (or batch request) that carried the row, for acks that answer a whole file."""
+    acked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class DeadLetterRow(Base):
@@ -168,3 +177,23 @@ class TrailRow(Base):
     message_id: Mapped[str | None] = mapped_column(String(36))
     detail: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class AckAnomalyRow(Base):
+    """An acknowledgement that answers nothing Jokko sent, or that contradicts an earlier one.
+
+    Kept, not dropped: an institution holding a message Jokko does not know is exactly what
+    an auditor must see.
+    """
+
+    __tablename__ = "ack_anomaly"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    institution: Mapped[str] = mapped_column(String(16))
+    message_id: Mapped[str] = mapped_column(String(36), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    reason_code: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    channel: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

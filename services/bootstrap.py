@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from adapters.base import Institution, OutboundAdapter
 from router.broker import ensure_topics, group_consumer, idempotent_producer, wait_until_ready
 from router.db import make_engine
+from router.delivery import RetryPolicy
 from router.migrate import upgrade
 from router.processing import Processor
 from router.registry import outbound_adapters
@@ -46,9 +47,26 @@ class Jokko:
         )
         return RouterWorker(consumer, self.processor())
 
+    def retry_policy(self) -> RetryPolicy:
+        s = self.settings
+        return RetryPolicy(
+            max_attempts=s.delivery_max_attempts,
+            initial_s=s.delivery_backoff_initial_s,
+            max_s=s.delivery_backoff_max_s,
+            breaker_failures=s.delivery_breaker_failures,
+            breaker_reset_s=s.delivery_breaker_reset_s,
+        )
+
     def relay(self) -> Relay:
-        producer = idempotent_producer(self.settings.kafka_bootstrap, client_id="jokko-relay")
-        return Relay(self.engine, producer, self.topics, batch_size=self.settings.relay_batch_size)
+        s = self.settings
+        producer = idempotent_producer(s.kafka_bootstrap, client_id="jokko-relay", max_block_s=10)
+        return Relay(
+            self.engine,
+            producer,
+            self.topics,
+            batch_size=s.relay_batch_size,
+            policy=self.retry_policy(),
+        )
 
 
 def bootstrap(settings: Settings, *, migrate: bool = True, kafka: bool = True) -> Jokko:

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     relay_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
     router_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
     """Records polled, and applied in one transaction, at a time."""
+    delivery_max_attempts: Annotated[int, Field(ge=1, le=1000)] = 12
+    """Tries per message and institution before it becomes a dead letter."""
+    delivery_backoff_initial_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    delivery_backoff_max_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    delivery_breaker_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    """Consecutive whole-batch failures that open an institution's circuit."""
+    delivery_breaker_reset_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """How long an open circuit waits before one message probes the institution."""
 
 
 def load_settings(**overrides: object) -> Settings:

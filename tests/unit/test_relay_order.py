@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.relay import _in_order
+from router.delivery import _in_order
 from router.store import OutboxRow
 
 pytestmark = pytest.mark.unit

@@ -1,0 +1,364 @@
+"""Per-institution delivery: claim due outbox rows in member order, hand them to the
+institution's channel, record what happened.
+
+Every institution has its own ``DeliveryWorker`` (its own thread in ``jokko relay``), its own
+back-off schedule and its own circuit breaker, so CSS being down never delays CMU or IPRES.
+
+Retries are *scheduled*, not slept: a failed row gets ``attempts + 1`` and a
+``next_attempt_at`` from tenacity's exponential back-off with jitter, in the same transaction
+that claimed it. The schedule survives restarts, other rows keep flowing meanwhile, and a
+member's later rows wait behind the one backing off (per-member order). When the retry budget
+is spent the row becomes ``dead`` and a dead letter carries the reason, the original message
+and the attempt count.
+
+A channel (Kafka topic, HTTP push, file drop) only moves bytes and reports per message; it
+never touches the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+import pybreaker
+from sqlalchemy import Engine, or_, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+from tenacity import RetryCallState, wait_exponential_jitter
+
+from adapters.base import Institution
+from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, TrailRow, utcnow
+from schemas.errors import JokkoError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Parcel:
+    """What a channel needs of an outbox row (the row itself stays in the store layer)."""
+
+    message_id: str
+    event_id: str
+    member_id: str
+    member_seq: int
+    kind: str
+    content_type: str
+    format_version: int
+    body: bytes
+
+    @classmethod
+    def of(cls, row: OutboxRow) -> Parcel:
+        return cls(
+            row.message_id,
+            row.event_id,
+            row.member_id,
+            row.member_seq,
+            row.kind,
+            row.content_type,
+            row.format_version,
+            row.body,
+        )
+
+
+class Result(StrEnum):
+    SENT = "sent"
+    """Handed over; the acknowledgement comes later (ack topic, ack file)."""
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    """Transient: try again later."""
+    UNDELIVERABLE = "undeliverable"
+    """Permanent: the institution will never take it as it is (dead letter at once)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A channel's report about one message."""
+
+    message_id: str
+    result: Result
+    reason_code: str | None = None
+    reason_text: str | None = None
+    institution_ref: str | None = None
+    batch_ref: str | None = None
+
+
+class ChannelUnavailable(JokkoError):
+    """The whole batch failed before anything is known to be delivered (partner down,
+    broker unreachable, topic missing): every row of it is retried."""
+
+
+class Channel(Protocol):
+    """One way of reaching one institution."""
+
+    @property
+    def institution(self) -> Institution: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def deliver(self, parcels: Sequence[Parcel]) -> list[Delivery]:
+        """Deliver in order; one ``Delivery`` per parcel, or raise ``ChannelUnavailable``."""
+        ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long an institution is given: ``max_attempts`` tries, back-off doubling from
+    ``initial_s`` up to ``max_s``, with jitter so that retries of many rows spread out; after
+    ``breaker_failures`` batches failed whole, one message probes every ``breaker_reset_s``."""
+
+    max_attempts: int = 12
+    initial_s: float = 1.0
+    max_s: float = 300.0
+    jitter_s: float = 1.0
+    breaker_failures: int = 5
+    breaker_reset_s: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after the ``attempt``-th failure (tenacity's formula)."""
+        wait = wait_exponential_jitter(
+            multiplier=self.initial_s, max=self.max_s, jitter=min(self.jitter_s, self.initial_s)
+        )
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        return float(wait(state))
+
+
+def _in_order(
+    claimed: Sequence[OutboxRow], pending: Sequence[tuple[str, str, int]]
+) -> list[OutboxRow]:
+    """The claimed rows that can leave now: no earlier pending row of their member is held
+    elsewhere (another relay's claim, or backing off). ``pending`` is (institution,
+    member_id, id) of pending rows."""
+    mine = {r.id for r in claimed}
+    first_gap: dict[tuple[str, str], int] = {}
+    for inst, member, row_id in sorted(pending, key=lambda p: p[2]):
+        key = (inst, member)
+        if row_id not in mine and key not in first_gap:
+            first_gap[key] = row_id
+    return [r for r in claimed if r.id < first_gap.get((r.institution, r.member_id), r.id + 1)]
+
+
+class DeliveryWorker:
+    """Delivers one institution's outbox through one channel.
+
+    Several workers for the same institution may share a PostgreSQL store: rows are claimed
+    with ``FOR UPDATE SKIP LOCKED`` and a member's rows leave only when all its earlier
+    pending rows are in the same claim.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        channel: Channel,
+        *,
+        policy: RetryPolicy | None = None,
+        batch_size: int = 500,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._engine = engine
+        self._channel = channel
+        self._institution = channel.institution.value
+        self._policy = policy or RetryPolicy()
+        self._batch_size = batch_size
+        # Once open, one row probes the partner every reset_timeout instead of every row
+        # hammering it (no retry storm against a partner that is down).
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=self._policy.breaker_failures,
+            reset_timeout=self._policy.breaker_reset_s,
+            name=f"delivery-{self._institution}",
+        )
+        self._clock = clock
+        self._skip_locked = engine.dialect.name == "postgresql"
+        self.attempted = 0
+        self.delivered = 0
+
+    @property
+    def institution(self) -> Institution:
+        return self._channel.institution
+
+    def deliver_once(self) -> int:
+        """One claim → deliver → record cycle; returns the rows that got a final or sent
+        state (0 when there was nothing due, or the circuit is open)."""
+        with Session(self._engine) as session, session.begin():
+            rows = self._claim(session)
+            if not rows:
+                return 0
+            if self.breaker.current_state != pybreaker.STATE_CLOSED:
+                rows = rows[:1]  # a probe, not a flood, while the partner is in doubt
+            try:
+                reports = self._call(rows)
+            except pybreaker.CircuitBreakerError:
+                if not self._called:
+                    return 0  # open: nothing was tried, the claim is released unchanged
+                reports = self._all_failed(rows, "circuit open after repeated failures")
+            except ChannelUnavailable as exc:
+                reports = self._all_failed(rows, str(exc))
+            return self._record(session, rows, reports)
+
+    def _claim(self, session: Session) -> list[OutboxRow]:
+        now = self._clock()
+        query = (
+            select(OutboxRow)
+            .where(
+                OutboxRow.institution == self._institution,
+                OutboxRow.state == DeliveryState.PENDING,
+                or_(OutboxRow.next_attempt_at.is_(None), OutboxRow.next_attempt_at <= now),
+            )
+            .order_by(OutboxRow.id)
+            .limit(self._batch_size)
+        )
+        if self._skip_locked:
+            query = query.with_for_update(skip_locked=True)
+        claimed = session.scalars(query).all()
+        if not claimed:
+            return []
+        pending = session.execute(
+            select(OutboxRow.institution, OutboxRow.member_id, OutboxRow.id).where(
+                OutboxRow.institution == self._institution,
+                OutboxRow.state == DeliveryState.PENDING,
+                OutboxRow.member_id.in_({r.member_id for r in claimed}),
+                OutboxRow.id <= max(r.id for r in claimed),
+            )
+        ).all()
+        return _in_order(claimed, [(p[0], p[1], p[2]) for p in pending])
+
+    def _call(self, rows: Sequence[OutboxRow]) -> list[Delivery]:
+        self._called = False
+
+        def attempt() -> list[Delivery]:
+            self._called = True
+            self.attempted += len(rows)
+            reports = self._channel.deliver([Parcel.of(r) for r in rows])
+            if len(reports) != len(rows):
+                raise ChannelUnavailable(
+                    f"{self._channel.name} answered {len(reports)} of {len(rows)} messages"
+                )
+            if all(d.result == Result.FAILED for d in reports):
+                raise _BatchFailed(reports)
+            return reports
+
+        try:
+            return self.breaker.call(attempt)
+        except _BatchFailed as exc:
+            return exc.reports
+
+    @staticmethod
+    def _all_failed(rows: Sequence[OutboxRow], why: str) -> list[Delivery]:
+        return [Delivery(r.message_id, Result.FAILED, reason_text=why) for r in rows]
+
+    def _record(
+        self, session: Session, rows: Sequence[OutboxRow], reports: Sequence[Delivery]
+    ) -> int:
+        now = self._clock()
+        by_id = {d.message_id: d for d in reports}
+        done = 0
+        blocked: set[str] = set()  # members whose earlier row failed in this batch
+        for row in rows:
+            d = by_id.get(row.message_id) or Delivery(
+                row.message_id, Result.FAILED, reason_text="no answer for this message"
+            )
+            if row.member_id in blocked and d.result != Result.FAILED:
+                # Delivered out of its member's order by the partner's own doing; keep it,
+                # the failed earlier row is re-sent and carries its own sequence number.
+                log.warning("message %s delivered after an earlier failure", row.message_id)
+            row.attempts += 1
+            row.batch_ref = d.batch_ref or row.batch_ref
+            if d.result == Result.FAILED:
+                blocked.add(row.member_id)
+                self._retry_or_bury(session, row, d, now)
+                continue
+            if d.result == Result.UNDELIVERABLE:
+                self._bury(session, row, d.reason_code or "undeliverable", d, now)
+                continue
+            row.state = DeliveryState(d.result.value)
+            row.sent_at = row.sent_at or now
+            row.next_attempt_at = None
+            row.last_error = None
+            if d.result in (Result.ACCEPTED, Result.REJECTED):
+                row.acked_at = now
+                row.reason_code = d.reason_code
+                row.reason_text = d.reason_text
+                row.institution_ref = d.institution_ref
+            stage = {
+                Result.SENT: Stage.PUBLISHED,
+                Result.ACCEPTED: Stage.ACCEPTED,
+                Result.REJECTED: Stage.REJECTED,
+            }[d.result]
+            session.add(_trail(row, stage, now, d.reason_code))
+            done += 1
+        self.delivered += done
+        return done
+
+    def _retry_or_bury(self, session: Session, row: OutboxRow, d: Delivery, now: datetime) -> None:
+        row.last_error = d.reason_text
+        if row.attempts >= self._policy.max_attempts:
+            self._bury(session, row, "retries_exhausted", d, now)
+            return
+        row.next_attempt_at = now + timedelta(seconds=self._policy.delay(row.attempts))
+        session.add(_trail(row, Stage.RETRYING, now, d.reason_text))
+
+    def _bury(
+        self, session: Session, row: OutboxRow, reason: str, d: Delivery, now: datetime
+    ) -> None:
+        row.state = DeliveryState.DEAD
+        row.next_attempt_at = None
+        row.reason_code = d.reason_code
+        row.reason_text = d.reason_text
+        session.add(
+            DeadLetterRow(
+                source=f"delivery:{self._channel.name}",
+                reason=reason,
+                detail=d.reason_text or reason,
+                event_id=row.event_id,
+                message_id=row.message_id,
+                institution=row.institution,
+                original=row.body,
+                attempts=row.attempts,
+                created_at=now,
+            )
+        )
+        session.add(_trail(row, Stage.DEAD, now, f"{reason}: {d.reason_text or ''}"))
+
+    def run(self, stop: threading.Event, idle_s: float = 0.05) -> None:
+        """Deliver until ``stop``; database trouble is waited out, never fatal."""
+        log.info("delivery to %s over %s started", self._institution, self._channel.name)
+        failures = 0
+        while not stop.is_set():
+            try:
+                done = self.deliver_once()
+                failures = 0
+            except OperationalError as exc:
+                failures += 1
+                log.warning("delivery to %s: database unavailable: %s", self._institution, exc)
+                stop.wait(self._policy.delay(failures))
+                continue
+            if done == 0:
+                opened = self.breaker.current_state == pybreaker.STATE_OPEN
+                stop.wait(max(idle_s, 0.5) if opened else idle_s)
+        log.info("delivery to %s stopped: %d delivered", self._institution, self.delivered)
+
+
+class _BatchFailed(Exception):
+    """Every message of a batch failed: counts as one failure for the circuit breaker."""
+
+    def __init__(self, reports: list[Delivery]) -> None:
+        super().__init__("every message of the batch failed")
+        self.reports = reports
+
+
+def _trail(row: OutboxRow, stage: Stage, at: datetime, detail: str | None) -> TrailRow:
+    return TrailRow(
+        event_id=row.event_id,
+        stage=stage,
+        institution=row.institution,
+        message_id=row.message_id,
+        detail=detail,
+        at=at,
+    )
