@@ -7,27 +7,39 @@ outbox rows of the new ones. There is no read-before-write to race.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, case, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    String,
+    Table,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
 
 from adapters.base import (
     Institution,
     MemberProfile,
     OutboundAdapter,
-    OutboundMessage,
     profile_after,
 )
 from router.routing import MemberUnknown, destinations
 from router.store import (
-    Base,
     DeadLetterRow,
     DeliveryState,
     InboxRow,
@@ -40,6 +52,60 @@ from router.store import (
 from schemas import Branch, CanonicalEvent, InvalidEvent, MemberEnrolled, MemberUpdated, parse_event
 from schemas.errors import JokkoError
 from schemas.types import Package, Region
+
+INBOX: Table = InboxRow.__table__  # type: ignore[assignment]
+OUTBOX: Table = OutboxRow.__table__  # type: ignore[assignment]
+TRAIL: Table = TrailRow.__table__  # type: ignore[assignment]
+PROFILE: Table = MemberProfileRow.__table__  # type: ignore[assignment]
+DEAD: Table = DeadLetterRow.__table__  # type: ignore[assignment]
+
+Columns = tuple[tuple[str, str], ...]
+# Column, PostgreSQL type: COPY … (FORMAT BINARY) sends each value in the server's own
+# representation (bytea bodies raw, not hex-escaped), and must name the types to do so.
+OUTBOX_COLUMNS: Columns = (
+    ("message_id", "varchar"),
+    ("event_id", "varchar"),
+    ("institution", "varchar"),
+    ("member_id", "varchar"),
+    ("member_seq", "int4"),
+    ("kind", "varchar"),
+    ("content_type", "varchar"),
+    ("format_version", "int4"),
+    ("body", "bytea"),
+    ("state", "varchar"),
+    ("attempts", "int4"),
+    ("created_at", "timestamptz"),
+)
+TRAIL_COLUMNS: Columns = (
+    ("event_id", "varchar"),
+    ("stage", "varchar"),
+    ("institution", "varchar"),
+    ("message_id", "varchar"),
+    ("detail", "text"),
+    ("at", "timestamptz"),
+)
+INBOX_COLUMNS: Columns = (
+    ("event_id", "varchar"),
+    ("event_type", "varchar"),
+    ("member_id", "varchar"),
+    ("recorded_at", "timestamptz"),
+    ("topic", "varchar"),
+    ("partition", "integer"),
+    ("offset", "bigint"),
+    ("destinations", "varchar"),
+    ("received_at", "timestamptz"),
+)
+# PostgreSQL: the whole batch's inbox rows as one array per column, one statement whose text
+# never changes (so the server plans it once per connection), however many rows there are.
+_PG_CLAIM = (
+    "INSERT INTO inbox ({}) SELECT * FROM unnest({}) "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id".format(
+        ", ".join(f'"{c}"' for c, _ in INBOX_COLUMNS),
+        ", ".join(f"%s::{t}[]" for _, t in INBOX_COLUMNS),
+    )
+)
+_PENDING = DeliveryState.PENDING.value
+_RECEIVED, _ROUTED, _QUEUED = Stage.RECEIVED.value, Stage.ROUTED.value, Stage.QUEUED.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +124,10 @@ class Outcome(StrEnum):
     DEAD_LETTERED = "dead_lettered"
 
 
-def _profile_from_row(row: MemberProfileRow) -> MemberProfile:
+_Item = tuple[int, RawRecord, CanonicalEvent]
+
+
+def _profile_from_row(row: Any) -> MemberProfile:
     return MemberProfile(
         member_id=row.member_id,
         package=Package(row.package),
@@ -68,13 +137,6 @@ def _profile_from_row(row: MemberProfileRow) -> MemberProfile:
     )
 
 
-def _insert(session: Session, model: type[Base]) -> Any:
-    """The dialect's INSERT, which knows ON CONFLICT (PostgreSQL and SQLite alike)."""
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return insert(model)
-
-
 class Processor:
     """Turns canonical records into outbox rows, exactly once per ``event_id``.
 
@@ -82,11 +144,50 @@ class Processor:
     ``INSERT … ON CONFLICT (event_id) DO NOTHING RETURNING event_id``: the primary key, not a
     read-before-write, decides which events are new, atomically, so a concurrent or repeated
     delivery of the same event cannot produce a second effect.
+
+    To spare a round trip, the batch is routed and translated *before* that insert, on the
+    assumption that every event in it is new (after a crash some are not): the inbox rows then
+    carry their destinations from the start. If the insert reports a duplicate, the new events
+    are routed again without it, and any inbox row whose destinations changed is corrected,
+    before anything else is written.
     """
 
     def __init__(self, engine: Engine, adapters: Mapping[Institution, OutboundAdapter]) -> None:
         self._engine = engine
         self._adapters = adapters
+        self._postgres = engine.dialect.name == "postgresql"
+        insert_ = pg_insert if self._postgres else sqlite_insert
+        # Statements built once: executemany with them hits SQLAlchemy's compiled cache.
+        self._claim_stmt = (
+            insert_(INBOX)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(INBOX.c.event_id)
+        )
+        profile = insert_(PROFILE)
+        self._profile_stmt = profile.on_conflict_do_update(
+            index_elements=["member_id"],
+            set_={
+                c.name: profile.excluded[c.name] for c in PROFILE.columns if c.name != "member_id"
+            },
+        )
+        self._dead_stmt = insert_(DEAD).on_conflict_do_nothing(
+            index_elements=["topic", "partition", "offset"]
+        )
+        members = (
+            any_(bindparam("members", type_=ARRAY(String)))
+            if self._postgres  # one array parameter, not one parameter per member
+            else bindparam("members", expanding=True)
+        )
+
+        def of_members(column: ColumnElement[str]) -> ColumnElement[bool]:
+            return column == members if self._postgres else column.in_(members)
+
+        self._profiles_stmt: Select[Any] = select(PROFILE).where(of_members(PROFILE.c.member_id))
+        self._seqs_stmt: Select[Any] = (
+            select(OUTBOX.c.institution, OUTBOX.c.member_id, func.max(OUTBOX.c.member_seq))
+            .where(of_members(OUTBOX.c.member_id))
+            .group_by(OUTBOX.c.institution, OUTBOX.c.member_id)
+        )
 
     def process(self, record: RawRecord) -> Outcome:
         return self.process_batch([record])[0]
@@ -94,187 +195,203 @@ class Processor:
     def process_batch(self, records: Sequence[RawRecord]) -> list[Outcome]:
         outcomes: list[Outcome] = [Outcome.DUPLICATE] * len(records)
         dead: list[dict[str, Any]] = []
-        parsed: list[tuple[int, RawRecord, CanonicalEvent]] = []
+        first: dict[str, _Item] = {}  # the first copy of each event in the batch, in order
         for i, record in enumerate(records):
             try:
-                parsed.append((i, record, parse_event(record.value)))
+                event = parse_event(record.value)
             except InvalidEvent as exc:
                 dead.append(_dead_row(record, exc, "invalid_event"))
                 outcomes[i] = Outcome.DEAD_LETTERED
-        with Session(self._engine) as session, session.begin():
-            new = self._claim_new(session, parsed)
-            batch = _Batch(session, {e.member_id for _, _, e in new})
-            failed: list[str] = []
-            for i, record, event in new:
-                try:
-                    batch.add(event, self._adapters)
-                    outcomes[i] = Outcome.ROUTED
-                except JokkoError as exc:  # unknown member, untranslatable: never will be
+                continue
+            first.setdefault(str(event.event_id), (i, record, event))
+        with self._engine.begin() as conn:
+            if first:
+                known = self._known(conn, {e.member_id for _, _, e in first.values()})
+                plan = _Plan(known, first.values(), self._adapters)
+                inserted = self._claim(conn, plan.inbox_rows())
+                if len(inserted) < len(first):  # duplicates: route the new events alone
+                    guessed = plan.routes
+                    new = [item for eid, item in first.items() if eid in inserted]
+                    plan = _Plan(known, new, self._adapters)
+                    _fix_routes(conn, guessed, plan.routes)
+                for i, record, _, err in plan.failed:  # unknown member, untranslatable: never
                     reason = (
-                        "member_unknown" if isinstance(exc, MemberUnknown) else (type(exc).__name__)
+                        "member_unknown" if isinstance(err, MemberUnknown) else type(err).__name__
                     )
-                    dead.append(_dead_row(record, exc, reason))
-                    failed.append(str(event.event_id))
+                    dead.append(_dead_row(record, err, reason))
                     outcomes[i] = Outcome.DEAD_LETTERED
-            if failed:  # nothing half-done: their inbox rows go with the rest
-                session.execute(delete(InboxRow).where(InboxRow.event_id.in_(failed)))
-            batch.flush()
+                if plan.failed:  # nothing half-done: their inbox rows go with the rest
+                    failed_ids = [str(e.event_id) for _, _, e, _ in plan.failed]
+                    conn.execute(delete(INBOX).where(INBOX.c.event_id.in_(failed_ids)))
+                for i in plan.routed:
+                    outcomes[i] = Outcome.ROUTED
+                if plan.changed:
+                    conn.execute(self._profile_stmt, plan.profile_rows())
+                self._copy(conn, OUTBOX, OUTBOX_COLUMNS, plan.outbox)
+                self._copy(conn, TRAIL, TRAIL_COLUMNS, plan.trail)
             if dead:
-                session.execute(
-                    _insert(session, DeadLetterRow)
-                    .values(dead)
-                    .on_conflict_do_nothing(index_elements=["topic", "partition", "offset"])
-                )
+                conn.execute(self._dead_stmt, dead)
         return outcomes
 
-    @staticmethod
-    def _claim_new(
-        session: Session, parsed: list[tuple[int, RawRecord, CanonicalEvent]]
-    ) -> list[tuple[int, RawRecord, CanonicalEvent]]:
+    def _known(self, conn: Connection, members: set[str]) -> _Known:
+        params = {"members": sorted(members)}
+        profiles = {
+            row.member_id: _profile_from_row(row)
+            for row in conn.execute(self._profiles_stmt, params)
+        }
+        seqs = {(inst, member): seq for inst, member, seq in conn.execute(self._seqs_stmt, params)}
+        return _Known(profiles, seqs)
+
+    def _claim(self, conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
         """Insert the inbox rows; only the events whose row was inserted are new."""
-        first: dict[str, tuple[int, RawRecord, CanonicalEvent]] = {}
-        for item in parsed:
-            first.setdefault(str(item[2].event_id), item)
-        if not first:
-            return []
-        rows = [
+        if self._postgres:
+            columns = [[r[c] for r in rows] for c, _ in INBOX_COLUMNS]
+            return {eid for (eid,) in conn.exec_driver_sql(_PG_CLAIM, tuple(columns))}
+        return set(conn.execute(self._claim_stmt, rows).scalars())
+
+    def _copy(
+        self, conn: Connection, table: Table, columns: Columns, rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Append rows: PostgreSQL's binary COPY (one stream, no statement per row), else
+        executemany."""
+        if not rows:
+            return
+        names = [c for c, _ in columns]
+        if not self._postgres:
+            conn.execute(insert(table), [dict(zip(names, r, strict=True)) for r in rows])
+            return
+        quote = conn.dialect.identifier_preparer.quote
+        sql = (
+            f"COPY {quote(table.name)} ({', '.join(quote(c) for c in names)}) "
+            "FROM STDIN (FORMAT BINARY)"
+        )
+        dbapi = conn.connection.driver_connection
+        assert dbapi is not None
+        with dbapi.cursor() as cur, cur.copy(sql) as copy:
+            copy.set_types([t for _, t in columns])
+            for row in rows:
+                copy.write_row(row)
+
+
+class _Known:
+    """What the store holds, as the transaction starts, about the batch's members."""
+
+    def __init__(
+        self, profiles: dict[str, MemberProfile], seqs: dict[tuple[str, str], int]
+    ) -> None:
+        self.profiles = profiles
+        self.seqs = seqs
+
+
+class _Plan:
+    """Everything a batch writes, worked out in memory: inbox, outbox and trail rows, the
+    profiles it changes, the per-member sequence numbers. ``known`` is left untouched, so a
+    plan can be made again for a subset of the events."""
+
+    def __init__(
+        self,
+        known: _Known,
+        items: Iterable[_Item],
+        adapters: Mapping[Institution, OutboundAdapter],
+    ) -> None:
+        self.items = list(items)
+        self.profiles = dict(known.profiles)
+        self.seqs = dict(known.seqs)
+        self.changed: set[str] = set()
+        self.routes: dict[str, str] = {}
+        """event_id -> its destinations, for the events that were routed."""
+        self.routed: list[int] = []
+        self.failed: list[tuple[int, RawRecord, CanonicalEvent, JokkoError]] = []
+        self.outbox: list[tuple[Any, ...]] = []
+        self.trail: list[tuple[Any, ...]] = []
+        self.now = utcnow()
+        for i, record, event in self.items:
+            try:
+                self._add(event, adapters)
+            except JokkoError as exc:
+                self.failed.append((i, record, event, exc))
+            else:
+                self.routed.append(i)
+
+    def _add(self, event: CanonicalEvent, adapters: Mapping[Institution, OutboundAdapter]) -> None:
+        """Route and translate one event; raises before changing anything if it cannot."""
+        profile = profile_after(self.profiles.get(event.member_id), event)
+        targets = destinations(event, profile)
+        messages = [m for inst in targets for m in adapters[inst].translate(event, profile)]
+        if profile is not None and isinstance(event, MemberEnrolled | MemberUpdated):
+            self.profiles[event.member_id] = profile
+            self.changed.add(event.member_id)
+        event_id, now = str(event.event_id), self.now
+        routed = self.routes[event_id] = ",".join(t.value for t in targets)
+        trail = self.trail
+        trail.append((event_id, _RECEIVED, None, None, None, now))
+        trail.append((event_id, _ROUTED, None, None, routed, now))
+        for m in messages:
+            inst = m.institution.value
+            key = (inst, m.member_id)
+            seq = self.seqs[key] = self.seqs.get(key, 0) + 1
+            self.outbox.append(
+                (
+                    m.message_id,
+                    event_id,
+                    inst,
+                    m.member_id,
+                    seq,
+                    m.kind,
+                    m.content_type,
+                    m.format_version,
+                    m.body,
+                    _PENDING,
+                    0,
+                    now,
+                )
+            )
+            trail.append((event_id, _QUEUED, inst, m.message_id, None, now))
+
+    def inbox_rows(self) -> list[dict[str, Any]]:
+        """One row per event, routed or not (a failed one's row is deleted once it is known
+        to be new, so that a duplicate is still recognised as one)."""
+        return [
             {
-                "event_id": eid,
+                "event_id": (eid := str(e.event_id)),
                 "event_type": e.event_type,
                 "member_id": e.member_id,
                 "recorded_at": e.recorded_at,
                 "topic": r.topic,
                 "partition": r.partition,
                 "offset": r.offset,
-                "destinations": "",
-                "received_at": utcnow(),
+                "destinations": self.routes.get(eid, ""),
+                "received_at": self.now,
             }
-            for eid, (_, r, e) in first.items()
+            for _, r, e in self.items
         ]
-        inserted = set(
-            session.scalars(
-                _insert(session, InboxRow)
-                .values(rows)
-                .on_conflict_do_nothing(index_elements=["event_id"])
-                .returning(InboxRow.event_id)
-            )
+
+    def profile_rows(self) -> list[dict[str, Any]]:
+        return [_profile_row(self.profiles[m], self.now) for m in sorted(self.changed)]
+
+
+def _fix_routes(conn: Connection, guessed: Mapping[str, str], actual: Mapping[str, str]) -> None:
+    """Correct the inbox rows routed on the wrong guess that every event was new."""
+    wrong = [
+        {"eid": eid, "dest": dest} for eid, dest in actual.items() if guessed.get(eid, "") != dest
+    ]
+    if wrong:
+        conn.execute(
+            update(INBOX)
+            .where(INBOX.c.event_id == bindparam("eid"))
+            .values(destinations=bindparam("dest")),
+            wrong,
         )
-        return [item for eid, item in first.items() if eid in inserted]
 
 
-class _Batch:
-    """What one batch adds: outbox and trail rows, profile changes, per-member sequences."""
-
-    def __init__(self, session: Session, members: set[str]) -> None:
-        self._session = session
-        self.profiles: dict[str, MemberProfile] = {}
-        self.changed: set[str] = set()
-        self.seqs: dict[tuple[str, str], int] = {}
-        self.outbox: list[dict[str, Any]] = []
-        self.trail: list[dict[str, Any]] = []
-        self.routed: list[dict[str, Any]] = []
-        if members:
-            for row in session.scalars(
-                select(MemberProfileRow).where(MemberProfileRow.member_id.in_(members))
-            ):
-                self.profiles[row.member_id] = _profile_from_row(row)
-            for inst, member, seq in session.execute(
-                select(OutboxRow.institution, OutboxRow.member_id, func.max(OutboxRow.member_seq))
-                .where(OutboxRow.member_id.in_(members))
-                .group_by(OutboxRow.institution, OutboxRow.member_id)
-            ):
-                self.seqs[(inst, member)] = seq
-
-    def add(self, event: CanonicalEvent, adapters: Mapping[Institution, OutboundAdapter]) -> None:
-        """Route and translate one new event; raises before changing anything if it cannot."""
-        profile = profile_after(self.profiles.get(event.member_id), event)
-        targets = destinations(event, profile)
-        messages: list[OutboundMessage] = [
-            m for inst in targets for m in adapters[inst].translate(event, profile)
-        ]
-        if profile is not None and isinstance(event, MemberEnrolled | MemberUpdated):
-            self.profiles[event.member_id] = profile
-            self.changed.add(event.member_id)
-        event_id = str(event.event_id)
-        now = utcnow()
-        routed = ",".join(t.value for t in targets)
-        self.routed.append({"event_id": event_id, "destinations": routed})
-        self.trail.append(_trail(event_id, Stage.RECEIVED, now))
-        self.trail.append(_trail(event_id, Stage.ROUTED, now, detail=routed))
-        for m in messages:
-            key = (m.institution.value, m.member_id)
-            seq = self.seqs[key] = self.seqs.get(key, 0) + 1
-            self.outbox.append(
-                {
-                    "message_id": m.message_id,
-                    "event_id": event_id,
-                    "institution": m.institution.value,
-                    "member_id": m.member_id,
-                    "member_seq": seq,
-                    "kind": m.kind,
-                    "content_type": m.content_type,
-                    "format_version": m.format_version,
-                    "body": m.body,
-                    "state": DeliveryState.PENDING.value,
-                    "attempts": 0,
-                    "created_at": now,
-                }
-            )
-            self.trail.append(
-                _trail(event_id, Stage.QUEUED, now, m.institution.value, m.message_id)
-            )
-
-    def flush(self) -> None:
-        s = self._session
-        if self.routed:
-            routes = {r["event_id"]: r["destinations"] for r in self.routed}
-            s.execute(
-                update(InboxRow)
-                .where(InboxRow.event_id.in_(routes))
-                .values(destinations=case(routes, value=InboxRow.event_id))
-            )
-        if self.changed:
-            rows = [_profile_row(self.profiles[m]) for m in sorted(self.changed)]
-            stmt = _insert(s, MemberProfileRow).values(rows)
-            s.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["member_id"],
-                    set_={c: getattr(stmt.excluded, c) for c in rows[0] if c != "member_id"},
-                )
-            )
-        # Core executemany: one cached statement, psycopg pipelines the rows.
-        conn = s.connection()
-        for model, rows in ((OutboxRow, self.outbox), (TrailRow, self.trail)):
-            if rows:
-                conn.execute(insert(Base.metadata.tables[model.__tablename__]), rows)
-
-
-def _trail(
-    event_id: str,
-    stage: Stage,
-    at: datetime,
-    institution: str | None = None,
-    message_id: str | None = None,
-    detail: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "stage": stage.value,
-        "institution": institution,
-        "message_id": message_id,
-        "detail": detail,
-        "at": at,
-    }
-
-
-def _profile_row(profile: MemberProfile) -> dict[str, Any]:
+def _profile_row(profile: MemberProfile, now: datetime) -> dict[str, Any]:
     return {
         "member_id": profile.member_id,
         "package": profile.package.value,
         "opted_branches": ",".join(sorted(profile.opted_branches)),
         "region": profile.region.value,
         "departement": profile.departement,
-        "updated_at": utcnow(),
+        "updated_at": now,
     }
 
 

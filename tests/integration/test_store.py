@@ -200,3 +200,40 @@ def test_one_batch_mixing_new_duplicate_poison_and_unknown_member(engine: Engine
         Outcome.DEAD_LETTERED,
     ]
     assert count(engine, DeadLetterRow) == 2
+
+
+def test_a_duplicate_in_a_batch_does_not_route_the_new_events_after_it(engine: Engine) -> None:
+    """The batch is routed on the guess that all of it is new; a re-delivered enrolment
+    must not take the member back to the profile it had before a later update."""
+    processor = Processor(engine, echo_adapters())
+    events = load_examples()
+    update = next(e for e in events if e.event_type == "member.updated")
+    enrolment = next(
+        e for e in events if isinstance(e, MemberEnrolled) and e.member_id == update.member_id
+    )
+    status = next(
+        e
+        for e in events
+        if e.event_type == "member.status_changed" and e.member_id == update.member_id
+    )
+    assert processor.process(RawRecord("t", 0, 0, dump_event(enrolment))) == Outcome.ROUTED
+    assert processor.process(RawRecord("t", 0, 1, dump_event(update))) == Outcome.ROUTED
+    batch = [
+        RawRecord("t", 0, 0, dump_event(enrolment)),  # re-delivered after a crash
+        RawRecord("t", 0, 2, dump_event(status)),
+    ]
+    assert processor.process_batch(batch) == [Outcome.DUPLICATE, Outcome.ROUTED]
+    member = profiles([enrolment, update])[update.member_id]
+    expected = [i.value for i in destinations(status, member)]
+    assert expected != [
+        i.value for i in destinations(status, profiles([enrolment])[update.member_id])
+    ], "the example update must change where the member's events go"
+    with Session(engine) as s:
+        routed = s.get_one(InboxRow, str(status.event_id)).destinations
+        sent_to = s.scalars(
+            select(OutboxRow.institution)
+            .where(OutboxRow.event_id == str(status.event_id))
+            .order_by(OutboxRow.id)
+        ).all()
+    assert routed == ",".join(expected)
+    assert sorted(sent_to) == sorted(expected)
