@@ -1,0 +1,197 @@
+"""What the fake institutions share: one signed POST endpoint behind the fault knobs, and a
+record of what arrived, so a test can compare what Jokko sent with what the partner holds.
+
+Order of events for one request: count it; ``down`` → 503 at once; one random draw
+(``Faults.fate``); ``latency_s``; a drawn error → 503 (not processed); a drawn drop before
+processing → connection closed; signature check (``router.signing.Verifier``) → 401, nothing
+recorded; the institution's own processing (recorded in ``received``); a drawn drop after
+processing → connection closed, the answer is lost but the message counts.
+
+A message id that was accepted once is accepted again with the same answer (institutions apply
+a re-sent message once: FHIR conditional creates, CSS and IPRES by message id); a rejected one
+is judged afresh, so a test can fix a member and see the re-send go through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from adapters.base import AckStatus, Institution
+from router.signing import SignatureRejected, Verifier
+from tests.fakes.faults import Fate, Faults
+from tests.fakes.server import dropped
+
+DEFAULT_REJECT_CODE = "R042"
+"""NIN unknown: a code every institution's table has (CMU's FORMAT.md has no table of its own)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    message_id: str
+    member_id: str | None
+    body: bytes
+    status: AckStatus
+    reason_code: str | None = None
+    institution_ref: str | None = None
+    resent: bool = False
+    """The same message id had already been accepted: applied once, answered the same way."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer as bytes, so it can be given again."""
+
+    status: int
+    media_type: str
+    body: bytes
+
+    def response(self) -> Response:
+        return Response(self.body, status_code=self.status, media_type=self.media_type)
+
+
+@dataclass
+class RequestCounts:
+    total: int = 0
+    by_status: Counter[int] = field(default_factory=Counter)
+    dropped: int = 0
+    """Connections closed without an answer (not in ``by_status``)."""
+
+
+class Recorder:
+    """Thread-safe record of messages and answers, and the memory of what was accepted."""
+
+    def __init__(self) -> None:
+        self.received: list[ReceivedMessage] = []
+        self.requests = RequestCounts()
+        self._accepted: dict[str, tuple[ReceivedMessage, Answer | None]] = {}
+        self._lock = threading.Lock()
+        self._seq = 0
+
+    def next_seq(self) -> int:
+        with self._lock:
+            self._seq += 1
+            return self._seq
+
+    def count(self, status: int | None) -> None:
+        """One request finished with ``status``, or was dropped (None)."""
+        with self._lock:
+            if status is None:
+                self.requests.dropped += 1
+            else:
+                self.requests.by_status[status] += 1
+
+    def arrived(self) -> None:
+        with self._lock:
+            self.requests.total += 1
+
+    def accepted_before(self, message_id: str) -> tuple[ReceivedMessage, Answer | None] | None:
+        with self._lock:
+            return self._accepted.get(message_id)
+
+    def record(self, message: ReceivedMessage, answer: Answer | None = None) -> None:
+        """Keep ``message``; an accepted one's ``answer`` is given again to a re-send."""
+        with self._lock:
+            self.received.append(message)
+            if message.status is AckStatus.ACCEPTED:
+                self._accepted.setdefault(message.message_id, (message, answer))
+
+    def accepted_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._accepted)
+
+
+class HttpFake:
+    """One institution's HTTP endpoint: subclasses implement ``answer`` and ``unauthorized``."""
+
+    institution: Institution
+    path: str
+
+    def __init__(
+        self,
+        secret: bytes | Sequence[bytes],
+        faults: Faults | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        secrets = [secret] if isinstance(secret, bytes) else list(secret)
+        self.faults = faults if faults is not None else Faults()
+        self.verifier = Verifier(secrets, clock=clock)
+        self.recorder = Recorder()
+        self.app = FastAPI(
+            title=f"fake {self.institution}", docs_url=None, redoc_url=None, openapi_url=None
+        )
+        self.app.add_api_route(self.path, self._endpoint, methods=["POST"])
+
+    @property
+    def received(self) -> list[ReceivedMessage]:
+        return self.recorder.received
+
+    @property
+    def requests(self) -> RequestCounts:
+        return self.recorder.requests
+
+    def reject_code(self) -> str:
+        return self.faults.reject_code or DEFAULT_REJECT_CODE
+
+    def answer(
+        self, message_id: str, body: bytes, content_type: str
+    ) -> tuple[Answer, ReceivedMessage]:
+        """The institution's answer to a message whose signature was verified, and what it
+        keeps of it."""
+        raise NotImplementedError
+
+    def unauthorized(self, error: SignatureRejected) -> Answer:
+        raise NotImplementedError
+
+    def _process(self, message_id: str, body: bytes, content_type: str) -> Answer:
+        prior = self.recorder.accepted_before(message_id)
+        first, answer = prior if prior is not None else (None, None)
+        if first is not None and answer is not None:
+            self.recorder.record(replace(first, body=body, resent=True))
+            return answer
+        fresh, received = self.answer(message_id, body, content_type)
+        self.recorder.record(received, fresh)
+        return fresh
+
+    async def _endpoint(self, request: Request) -> Response:
+        self.recorder.arrived()
+        body = await request.body()
+        faults = self.faults
+        if faults.down:
+            return self._counted(_unavailable())
+        fate = faults.fate()
+        if faults.latency_s > 0:
+            await asyncio.sleep(faults.latency_s)
+        if fate is Fate.ERROR:
+            return self._counted(_unavailable())
+        if fate is Fate.DROP and faults.drop_before_processing:
+            return self._counted(None)
+        try:
+            message_id = self.verifier.verify(request.headers, body)
+        except SignatureRejected as exc:
+            return self._counted(self.unauthorized(exc))
+        answer = self._process(message_id, body, request.headers.get("content-type", ""))
+        if fate is Fate.DROP:
+            return self._counted(None)
+        return self._counted(answer)
+
+    def _counted(self, answer: Answer | None) -> Response:
+        self.recorder.count(None if answer is None else answer.status)
+        if answer is None:
+            return dropped()
+        response = answer.response()
+        if answer.status == 503:
+            response.headers["Retry-After"] = "1"
+        return response
+
+
+def _unavailable() -> Answer:
+    return Answer(503, "text/plain", b"Service Unavailable (fault injected)")

@@ -1,0 +1,167 @@
+"""A fake CMU FHIR gateway: ``POST /fhir`` takes one signed transaction Bundle (FORMAT.md).
+
+Answers, every one readable by ``adapters.cmu.parse_ack``:
+
+* 200 ``transaction-response`` Bundle: ``identifier`` echoes the request's, one ``response``
+  per entry (``201 Created`` for a conditional create, ``200 OK`` for an update or a patch) with
+  a location; a transaction with no entries is answered too (``institution_ref`` = Bundle.id);
+* 400 ``OperationOutcome`` (reason ``R001``) for a body that is not an R4B transaction Bundle or
+  whose identifier is not the signed ``webhook-id``; 415 likewise for another content type;
+* 422 ``OperationOutcome`` (``R042`` unless ``Faults.reject_code``) for ``reject_members``.
+
+Every ``OperationOutcome`` carries the message id (the signed ``webhook-id``) in the
+``message-id`` extension, except the 401 of a refused signature: that one answers the channel,
+not a message (the id is unproven), so ``parse_ack`` refuses it and a channel must treat 401 as
+its own failure (wrong key), never as CMU rejecting the message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fhir.resources.R4B.bundle import Bundle
+from pydantic import ValidationError
+
+from adapters.base import AckStatus, Institution
+from adapters.cmu import systems as s
+from router.signing import SignatureRejected
+from tests.fakes.base import Answer, HttpFake, ReceivedMessage
+
+FHIR_JSON = "application/fhir+json"
+MALFORMED = "R001"
+REASON_TEXTS = {
+    "R001": "Message non conforme au format FHIR R4B de la CMU",
+    "R010": "Bénéficiaire inconnu de la CMU",
+    "R042": "Numéro d'identification inconnu",
+}
+Json = dict[str, Any]
+
+
+def _fhir(doc: Json, status: int) -> Answer:
+    body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    return Answer(status, FHIR_JSON, body)
+
+
+def operation_outcome(message_id: str | None, code: str, text: str, *, issue: str) -> Json:
+    doc: Json = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": issue,
+                "details": {"coding": [{"system": s.REJECTION_REASON, "code": code}], "text": text},
+            }
+        ],
+    }
+    if message_id is not None:
+        doc["extension"] = [{"url": s.EXT_MESSAGE_ID, "valueString": message_id}]
+    return doc
+
+
+def member_of(doc: Any) -> str | None:
+    """The member a Bundle is about: a member-id identifier, else the family Coverage's id (the
+    member id), else a dependent's id without its ``-Dnn``; None for a provider Organization."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            system, value = node.get("system"), node.get("value")
+            if isinstance(system, str) and isinstance(value, str):
+                found.setdefault(system, value)
+            for item in node.values():
+                walk(item)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(doc)
+    if s.MEMBER_ID in found:
+        return found[s.MEMBER_ID]
+    if s.COVERAGE_ID in found:
+        return found[s.COVERAGE_ID]
+    if s.DEPENDENT_ID in found:
+        return found[s.DEPENDENT_ID].rsplit("-D", 1)[0]
+    return None
+
+
+def _problem(doc: Any, message_id: str) -> str | None:
+    """Why ``doc`` is not a transaction Bundle of this message, or None."""
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+        return "the body must be a FHIR Bundle"
+    if doc.get("type") != "transaction":
+        return "Bundle.type must be transaction"
+    try:
+        Bundle.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"Bundle is not valid R4B at {where}: {first['msg'].splitlines()[0]}"
+    except (KeyError, TypeError, ValueError) as exc:  # fhir.resources' own failures
+        return f"Bundle is not valid R4B ({type(exc).__name__})"
+    ident = doc.get("identifier") or {}
+    if ident.get("system") != s.MESSAGE_ID or ident.get("value") != message_id:
+        return "Bundle.identifier must be the signed webhook-id"
+    return None
+
+
+class FakeCMU(HttpFake):
+    institution = Institution.CMU
+    path = "/fhir"
+
+    def unauthorized(self, error: SignatureRejected) -> Answer:
+        text = f"signature refused: {error.reason}"
+        return _fhir(operation_outcome(None, "SIGNATURE", text, issue="security"), 401)
+
+    def answer(
+        self, message_id: str, body: bytes, content_type: str
+    ) -> tuple[Answer, ReceivedMessage]:
+        def refused(
+            status: int, code: str, text: str, issue: str, member: str | None
+        ) -> tuple[Answer, ReceivedMessage]:
+            answer = _fhir(operation_outcome(message_id, code, text, issue=issue), status)
+            kept = ReceivedMessage(message_id, member, body, AckStatus.REJECTED, code)
+            return answer, kept
+
+        if content_type.split(";")[0].strip().lower() != FHIR_JSON:
+            return refused(
+                415, MALFORMED, f"content type must be {FHIR_JSON}", "not-supported", None
+            )
+        try:
+            doc = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            return refused(400, MALFORMED, "the body is not UTF-8 JSON", "structure", None)
+        member = member_of(doc)
+        problem = _problem(doc, message_id)
+        if problem is not None:
+            return refused(400, MALFORMED, problem, "structure", member)
+        if self.faults.rejects(member):
+            code = self.reject_code()
+            return refused(
+                422, code, REASON_TEXTS.get(code, "Refusé par la CMU"), "business-rule", member
+            )
+        n = self.recorder.next_seq()
+        entries = []
+        for k, entry in enumerate(doc.get("entry", []), start=1):
+            request = entry["request"]
+            rtype = request["url"].split("?")[0]
+            created = request["method"] == "POST"
+            entries.append(
+                {
+                    "response": {
+                        "status": "201 Created" if created else "200 OK",
+                        "location": f"{rtype}/cmu-{n}-{k}/_history/1",
+                    }
+                }
+            )
+        response: Json = {
+            "resourceType": "Bundle",
+            "id": f"cmu-tx-{n}",
+            "type": "transaction-response",
+            "identifier": {"system": s.MESSAGE_ID, "value": message_id},
+        }
+        if entries:
+            response["entry"] = entries
+        ref = entries[0]["response"]["location"] if entries else response["id"]
+        kept = ReceivedMessage(message_id, member, body, AckStatus.ACCEPTED, institution_ref=ref)
+        return _fhir(response, 200), kept

@@ -1,0 +1,96 @@
+"""Run an ASGI app under uvicorn on a free port of 127.0.0.1, in a background thread.
+
+``serve(app)`` yields the base URL once uvicorn listens and stops it on exit (``should_exit``,
+then join). It binds port 0 and reads the port back, so parallel tests never race for a port.
+uvicorn does not install signal handlers outside the main thread, and ``log_config=None``
+leaves the test process's logging alone.
+
+Dropping a connection: an ASGI app cannot reach its socket, and whatever it raises makes
+uvicorn answer 500 (or, once headers are out, close after them). So the fakes run under
+``_DroppingH11Protocol``, which wraps the app's ``send``: a response carrying the
+``DROP_HEADER`` marker (``dropped()``) is never written; the transport is aborted instead, and
+the client sees the connection close with no byte of answer (httpx: ``RemoteProtocolError``
+"Server disconnected without sending a response").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+DROP_HEADER = b"x-jokko-fake-drop"
+
+
+def dropped() -> Response:
+    """What an endpoint returns to have its connection closed without any answer."""
+    return Response(status_code=204, headers={DROP_HEADER.decode(): "1"})
+
+
+class _DroppingH11Protocol(H11Protocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        inner: ASGIApp = self.app
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            dropping = False
+
+            async def guarded_send(message: Message) -> None:
+                nonlocal dropping
+                if message["type"] == "http.response.start" and any(
+                    name == DROP_HEADER for name, _ in message.get("headers", [])
+                ):
+                    dropping = True
+                    self.transport.abort()
+                    # Let connection_lost() run: uvicorn then sees a client that went away,
+                    # not an app that forgot to answer (which it would log, and answer 500).
+                    await asyncio.sleep(0)
+                if not dropping:
+                    await send(message)
+
+            await inner(scope, receive, guarded_send)
+
+        self.app = app
+
+
+@contextmanager
+def serve(app: ASGIApp, *, startup_timeout_s: float = 10.0) -> Iterator[str]:
+    """``http://127.0.0.1:<port>`` while ``app`` is served; stopped and joined on exit."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        http=_DroppingH11Protocol,
+        ws="none",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="fake-institution", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(5)
+            raise RuntimeError("the fake institution's server did not start")
+        time.sleep(0.005)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        if thread.is_alive():  # pragma: no cover - a request that never ends
+            server.force_exit = True
+            thread.join(5)
