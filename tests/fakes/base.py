@@ -2,7 +2,8 @@
 record of what arrived, so a test can compare what Jokko sent with what the partner holds.
 
 Order of events for one request: count it; ``down`` → 503 at once; one random draw
-(``Faults.fate``); ``latency_s``; a drawn error → 503 (not processed); a drawn drop before
+(``Faults.fate``); ``latency_s`` (a client that hangs up meanwhile is counted 499 and its
+message is not processed); a drawn error → 503 (not processed); a drawn drop before
 processing → connection closed; signature check (``router.signing.Verifier``) → 401, nothing
 recorded; the institution's own processing (recorded in ``received``); a drawn drop after
 processing → connection closed, the answer is lost but the message counts.
@@ -29,6 +30,8 @@ from router.signing import SignatureRejected, Verifier
 from tests.fakes.faults import Fate, Faults
 from tests.fakes.server import dropped
 
+CLIENT_GONE = 499
+"""Counted (nginx's convention) when the client hung up during ``latency_s``: not processed."""
 DEFAULT_REJECT_CODE = "R042"
 """NIN unknown: a code every institution's table has (CMU's FORMAT.md has no table of its own)."""
 
@@ -168,8 +171,9 @@ class HttpFake:
         if faults.down:
             return self._counted(_unavailable())
         fate = faults.fate()
-        if faults.latency_s > 0:
-            await asyncio.sleep(faults.latency_s)
+        if faults.latency_s > 0 and not await _still_there(request, faults.latency_s):
+            self.recorder.count(CLIENT_GONE)
+            return dropped()
         if fate is Fate.ERROR:
             return self._counted(_unavailable())
         if fate is Fate.DROP and faults.drop_before_processing:
@@ -191,6 +195,17 @@ class HttpFake:
         if answer.status == 503:
             response.headers["Retry-After"] = "1"
         return response
+
+
+async def _still_there(request: Request, seconds: float) -> bool:
+    """Wait ``seconds``; False as soon as the client hangs up (its timeout was shorter)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        await asyncio.sleep(min(left, 0.05))
+        if await request.is_disconnected():
+            return False
+    return True
 
 
 def _unavailable() -> Answer:

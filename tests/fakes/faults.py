@@ -47,7 +47,9 @@ class Faults:
     """Every request is answered 503 at once."""
     seed: int = 0
     _rng: random.Random = field(init=False, repr=False, compare=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)

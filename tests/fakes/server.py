@@ -73,7 +73,7 @@ def serve(app: ASGIApp, *, startup_timeout_s: float = 10.0) -> Iterator[str]:
         lifespan="off",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=3,  # a request still waiting on latency_s is cut
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="fake-institution", daemon=True)

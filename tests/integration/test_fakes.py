@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import date
@@ -69,6 +70,7 @@ class Jokko(httpx.Client):
         body: bytes | None = None,
         secret: bytes = SECRET,
         timestamp: int | None = None,
+        timeout: float = 10,
     ) -> httpx.Response:
         """POST ``message`` signed; ``body`` replaces the bytes sent (not those signed)."""
         last = self._last.get(message.message_id)
@@ -78,7 +80,8 @@ class Jokko(httpx.Client):
         self._last[message.message_id] = max(ts, last or ts)
         headers = sign(secret, message.message_id, message.body, timestamp=ts)
         headers["content-type"] = message.content_type
-        return self.post(path, content=message.body if body is None else body, headers=headers)
+        content = message.body if body is None else body
+        return self.post(path, content=content, headers=headers, timeout=timeout)
 
 
 @pytest.fixture
@@ -312,6 +315,15 @@ def test_latency_delays_every_answer_and_can_be_changed_while_running(
     start = time.monotonic()
     assert client.deliver("/fhir", m).status_code == 200
     assert time.monotonic() - start < 0.3
+    # a sender that gives up first: timed out, and the fake did not process the message
+    fake.faults.latency_s = 30
+    with pytest.raises(httpx.ReadTimeout):
+        client.deliver("/fhir", replace(m, message_id=str(uuid.uuid4())), timeout=0.2)
+    deadline = time.monotonic() + 5
+    while fake.requests.by_status[499] == 0:
+        assert time.monotonic() < deadline, "the hang-up was not noticed"
+        time.sleep(0.02)
+    assert len(fake.received) == 2
 
 
 def test_a_dropped_connection_gets_no_answer_at_all(cmu: tuple[FakeCMU, Jokko]) -> None:
