@@ -84,11 +84,15 @@ class RouterWorker:
         except KafkaError as exc:
             log.warning("offset commit deferred: %s", exc)
 
+    def close(self) -> None:
+        """Leave the group (a static member keeps its assignment until its session ends)."""
+        self._consumer.close()
+
     def run(self, stop: threading.Event) -> None:
         log.info("router started")
         try:
             while not stop.is_set():
                 self.poll_once()
         finally:
-            self._consumer.close()
+            self.close()
             log.info("router stopped: %s", dict(self.stats))

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 
 from router.broker import TopicSpec, ensure_topics, wait_until_ready
 from router.db import make_engine
+from services.settings import Settings, load_settings
 from tests.infra import KafkaBroker, PostgresCluster
 
 TIERS = ("unit", "contract", "integration", "e2e")
@@ -84,3 +85,26 @@ def pg_engine(postgres: PostgresCluster) -> Iterator[Engine]:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def jokko_settings(
+    pg_engine: Engine, postgres: PostgresCluster, kafka_bootstrap: str
+) -> Callable[..., Settings]:
+    """Settings for a Jokko of this test's own: its PostgreSQL schema, its topic prefix."""
+    with pg_engine.connect() as conn:
+        schema = conn.execute(text("select current_schema()")).scalar_one()
+    prefix = f"j{uuid.uuid4().hex[:8]}."
+
+    def _settings(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "kafka_bootstrap": kafka_bootstrap,
+            "database_url": f"{postgres.url}?options=-csearch_path%3D{schema}",
+            "canonical_topic": f"{prefix}jokko.events.v1",
+            "topic_prefix": prefix,
+            "router_group": f"{prefix}router",
+            **overrides,
+        }
+        return load_settings(**values)
+
+    return _settings

@@ -1,0 +1,224 @@
+"""The router and relay in-process against the real broker and PostgreSQL: duplicates, replays
+from offset 0, poison records and consumer lag, and one institution's topic failing."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from adapters.base import Institution
+from router.broker import admin_client, idempotent_producer
+from router.canonical import publish_events
+from router.processing import Outcome
+from router.relay import pending_by_institution
+from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
+from router.worker import RouterWorker
+from services.bootstrap import Jokko, bootstrap
+from services.settings import Settings
+from tests.factories import contributions
+from tests.integration.test_relay import assert_once_and_in_member_order, read_outbound
+
+pytestmark = pytest.mark.integration
+
+POISON = [b"not json", b'{"event_type": "member.exploded"}', b"", b"\xff\xfe", b"[]"]
+
+
+@pytest.fixture
+def jokko(jokko_settings: Callable[..., Settings]) -> Iterator[Jokko]:
+    app = bootstrap(jokko_settings(router_batch_size=50, relay_batch_size=100))
+    try:
+        yield app
+    finally:
+        app.engine.dispose()
+
+
+def route_until_idle(router: RouterWorker, quiet_polls: int = 4) -> int:
+    """Poll until the router has seen nothing new for a few polls; returns records handled."""
+    handled, quiet = 0, 0
+    while quiet < quiet_polls:
+        n = router.poll_once(timeout_ms=300)
+        handled += n
+        quiet = 0 if n else quiet + 1
+    return handled
+
+
+def outbox_per_institution(app: Jokko) -> Counter[str]:
+    with Session(app.engine) as s:
+        return Counter(s.scalars(select(OutboxRow.institution)))
+
+
+def lag(app: Jokko, group: str) -> int:
+    """Records of the canonical topic not yet committed by ``group``."""
+    admin: KafkaAdminClient = admin_client(app.settings.kafka_bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=app.settings.kafka_bootstrap)
+    try:
+        committed = admin.list_group_offsets(group)[group]
+        parts = [TopicPartition(app.topics.canonical, p) for p in range(app.topics.partitions)]
+        ends = consumer.end_offsets(parts)
+        return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in parts)
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def test_each_event_three_times_then_replayed_from_offset_zero_gives_one_row_each(
+    jokko: Jokko,
+) -> None:
+    events = contributions(12, 5, seed=uuid.uuid4().hex[:6])
+    producer = idempotent_producer(jokko.settings.kafka_bootstrap)
+    try:
+        for _ in range(3):  # the mutual's agent retried twice: three copies of every event
+            publish_events(producer, jokko.topics.canonical, events)
+    finally:
+        producer.close()
+
+    router = jokko.router()
+    try:
+        assert route_until_idle(router) == 3 * len(events)
+    finally:
+        router.close()
+    expected = Counter({inst.value: len(events) for inst in Institution})
+    assert outbox_per_institution(jokko) == expected
+    assert lag(jokko, jokko.settings.router_group) == 0
+
+    # An operator resets the router to offset 0: a new group reads everything again.
+    again = bootstrap(jokko.settings.model_copy(update={"router_group": "replay-from-zero"}))
+    replayer = again.router()
+    try:
+        assert route_until_idle(replayer) == 3 * len(events)
+    finally:
+        replayer.close()
+        again.engine.dispose()
+    assert outbox_per_institution(jokko) == expected, "a replay from offset 0 adds nothing"
+    with Session(jokko.engine) as s:
+        assert s.scalar(select(func.count()).select_from(InboxRow)) == len(events)
+    assert replayer.stats[Outcome.DUPLICATE] == 3 * len(events)
+
+
+def test_poison_interleaved_is_dead_lettered_and_lag_returns_to_zero(jokko: Jokko) -> None:
+    events = contributions(8, 6, seed=uuid.uuid4().hex[:6])
+    producer = idempotent_producer(jokko.settings.kafka_bootstrap)
+    try:
+        step = len(events) // len(POISON)
+        for k, poison in enumerate(POISON):
+            publish_events(producer, jokko.topics.canonical, events[k * step : (k + 1) * step])
+            # keyed like real members, so poison shares partitions with valid records
+            producer.send(jokko.topics.canonical, key=events[k].member_id.encode(), value=poison)
+        publish_events(producer, jokko.topics.canonical, events[len(POISON) * step :])
+        producer.flush()
+    finally:
+        producer.close()
+
+    router = jokko.router()
+    relay = jokko.relay()
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,))
+    thread.start()
+    try:
+        route_until_idle(router)
+        deadline = time.monotonic() + 60
+        while pending_by_institution(jokko.engine) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        router.close()
+        stop.set()
+        thread.join(30)
+
+    assert lag(jokko, jokko.settings.router_group) == 0, "poison never stalls its partition"
+    assert outbox_per_institution(jokko) == {i.value: len(events) for i in Institution}
+    with Session(jokko.engine) as s:
+        dead = s.scalars(select(DeadLetterRow)).all()
+    assert sorted(d.original for d in dead) == sorted(POISON)
+    assert all(d.reason == "invalid_event" and d.published_at is not None for d in dead)
+    got = read_outbound(jokko.settings.kafka_bootstrap, jokko.topics, 3 * len(events))
+    assert_once_and_in_member_order(got, 3 * len(events))
+
+    dlq = KafkaConsumer(
+        jokko.topics.dead_letters,
+        bootstrap_servers=jokko.settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    try:
+        on_topic = sorted(r.value for r in dlq)
+    finally:
+        dlq.close()
+    assert on_topic == sorted(POISON)
+
+
+def css_attempts(app: Jokko) -> int:
+    with Session(app.engine) as s:
+        return (
+            s.scalar(select(func.sum(OutboxRow.attempts)).where(OutboxRow.institution == "css"))
+            or 0
+        )
+
+
+def test_a_failing_institution_topic_holds_up_only_that_institution(
+    jokko_settings: Callable[..., Settings],
+) -> None:
+    """CSS's topic disappears: CMU and IPRES keep flowing, CSS backs off and, once its topic
+    is back, drains in member order (the retry budget itself is exercised in test_delivery)."""
+    app = bootstrap(
+        jokko_settings(
+            delivery_backoff_initial_s=0.2,
+            delivery_backoff_max_s=1.0,
+            delivery_breaker_reset_s=1.0,
+            delivery_max_attempts=1000,
+        )
+    )
+    css_topic = app.topics.outbound(Institution.CSS)
+    admin = admin_client(app.settings.kafka_bootstrap)
+    admin.delete_topics([css_topic])
+    while css_topic in admin.list_topics():  # deletion completes asynchronously
+        time.sleep(0.1)
+    events = contributions(10, 6, seed=uuid.uuid4().hex[:6])
+    producer = idempotent_producer(app.settings.kafka_bootstrap)
+    try:
+        publish_events(producer, app.topics.canonical, events)
+    finally:
+        producer.close()
+    router = app.router()
+    relay = app.relay()
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,))
+    thread.start()
+    try:
+        route_until_idle(router)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pending = pending_by_institution(app.engine)
+            if set(pending) == {"css"}:
+                break
+            time.sleep(0.1)
+        assert pending_by_institution(app.engine) == {"css": len(events)}
+        deadline = time.monotonic() + 60
+        while not css_attempts(app) and time.monotonic() < deadline:
+            time.sleep(0.2)  # each try waits up to max_block_s for the missing topic
+        assert css_attempts(app) > 0, "CSS rows were tried and are backing off"
+
+        admin.create_topics([NewTopic(css_topic, app.topics.partitions, 1)])
+        deadline = time.monotonic() + 90
+        while pending_by_institution(app.engine) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pending_by_institution(app.engine) == {}
+    finally:
+        router.close()
+        stop.set()
+        thread.join(30)
+        admin.close()
+    with Session(app.engine) as s:
+        states = Counter(s.scalars(select(OutboxRow.state)))
+    assert states == {DeliveryState.SENT: 3 * len(events)}
+    got = read_outbound(app.settings.kafka_bootstrap, app.topics, 3 * len(events))
+    assert_once_and_in_member_order(got, 3 * len(events))
+    app.engine.dispose()
