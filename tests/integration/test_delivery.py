@@ -131,14 +131,17 @@ def test_a_failing_message_is_retried_later_then_delivered(store: Engine) -> Non
     worker = DeliveryWorker(store, channel, policy=FAST, clock=clock)
     worker.deliver_once()
     row = rows(store, Institution.CSS)[0]
-    assert row.state == DeliveryState.PENDING and row.attempts == 1
-    assert row.next_attempt_at is not None and row.next_attempt_at > clock.now
+    assert row.state == DeliveryState.PENDING
+    assert row.attempts == 1
+    assert row.next_attempt_at is not None
+    assert row.next_attempt_at > clock.now
     worker.deliver_once()  # not due yet: nothing re-tried
     assert channel.attempts[first] == 1
     drain(worker, clock)
     final = rows(store, Institution.CSS)
     assert all(r.state == DeliveryState.SENT for r in final)
-    assert final[0].attempts == 3 and channel.attempts[first] == 3
+    assert final[0].attempts == 3
+    assert channel.attempts[first] == 3
     with Session(store) as s:
         retried = s.scalars(
             select(TrailRow.stage).where(
@@ -151,8 +154,10 @@ def test_a_failing_message_is_retried_later_then_delivered(store: Engine) -> Non
 def test_back_off_grows_and_is_capped() -> None:
     policy = RetryPolicy(initial_s=1, max_s=60, jitter_s=0.5)
     delays = [policy.delay(n) for n in range(1, 12)]
-    assert delays[0] < 2 and 4 <= delays[3] <= 8.5
-    assert all(d <= 60 for d in delays) and delays[-1] >= 59
+    assert delays[0] < 2
+    assert 4 <= delays[3] <= 8.5
+    assert all(d <= 60 for d in delays)
+    assert delays[-1] >= 59
     assert len({round(policy.delay(3), 6) for _ in range(20)}) > 1, "jittered"
 
 
@@ -175,7 +180,8 @@ def test_exhausted_retries_become_a_dead_letter_with_reason_and_attempts(store: 
         doomed.message_id,
         "ipres",
     )
-    assert dead.attempts == FAST.max_attempts and dead.original == doomed.body
+    assert dead.attempts == FAST.max_attempts
+    assert dead.original == doomed.body
     # the member's later message left once the dead one was out of the way
     later = [r for r in after.values() if r.member_id == doomed.member_id and r.id > doomed.id]
     assert all(r.state == DeliveryState.SENT for r in later)
@@ -254,7 +260,8 @@ def test_an_open_circuit_probes_with_one_message_and_closes_on_success(store: En
     worker.deliver_once()
     assert worker.breaker.current_state == "open"
     clock.advance(1)
-    assert worker.deliver_once() == 0 and css.calls == 2, "open: nothing tried"
+    assert worker.deliver_once() == 0, "open: nothing tried"
+    assert css.calls == 2
     css.down = False
     time.sleep(0.06)  # pybreaker times its reset with the real clock
     assert worker.deliver_once() == 1, "half-open: a single message probes"
