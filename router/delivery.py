@@ -106,6 +106,8 @@ class Channel(Protocol):
         """Deliver in order; one ``Delivery`` per parcel, or raise ``ChannelUnavailable``."""
         ...
 
+    def close(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -182,6 +184,13 @@ class DeliveryWorker:
     @property
     def institution(self) -> Institution:
         return self._channel.institution
+
+    @property
+    def channel(self) -> Channel:
+        return self._channel
+
+    def close(self) -> None:
+        self._channel.close()
 
     def deliver_once(self) -> int:
         """One claim → deliver → record cycle; returns the rows that got a final or sent

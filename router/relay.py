@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -87,6 +88,9 @@ class KafkaChannel:
             raise ChannelUnavailable(f"{self._topic}: {exc!r}") from exc
         return [Delivery(p.message_id, Result.SENT) for p in parcels]
 
+    def close(self) -> None:
+        """The producer is shared and closed by the relay."""
+
 
 class DeadLetterPublisher:
     """Copies new dead letters to ``jokko.dlq.v1`` for whoever watches the stream."""
@@ -149,6 +153,12 @@ class DeadLetterPublisher:
                 stop.wait(idle_s)
 
 
+class AckIntake(Protocol):
+    """Something that reads acknowledgements until told to stop (``router.acks``)."""
+
+    def run(self, stop: threading.Event) -> None: ...
+
+
 class Relay:
     """All of one process's delivery: a worker per institution plus the dead-letter copier."""
 
@@ -161,8 +171,10 @@ class Relay:
         batch_size: int = 500,
         policy: RetryPolicy | None = None,
         channels: Mapping[Institution, Channel] | None = None,
+        intake: Sequence[AckIntake] = (),
     ) -> None:
         self._producer = producer
+        self.intake = list(intake)
         chosen: dict[Institution, Channel] = {
             inst: KafkaChannel(producer, topics, inst) for inst in Institution
         }
@@ -183,6 +195,8 @@ class Relay:
         return done + self.dead_letters.publish_once()
 
     def close(self) -> None:
+        for worker in self.workers.values():
+            worker.close()
         self._producer.close()
 
     def run(self, stop: threading.Event) -> None:
@@ -202,8 +216,11 @@ class Relay:
 
             return run
 
-        targets = [(f"deliver-{i}", w.run) for i, w in self.workers.items()]
+        targets: list[tuple[str, Callable[[threading.Event], None]]] = [
+            (f"deliver-{i}", w.run) for i, w in self.workers.items()
+        ]
         targets.append(("dead-letters", self.dead_letters.run))
+        targets += [(f"acks-{i}", a.run) for i, a in enumerate(self.intake)]
         threads = [threading.Thread(target=guarded(t), name=n) for n, t in targets]
         log.info("relay started")
         for t in threads:

@@ -14,16 +14,18 @@ from types import FrameType
 from sqlalchemy import Engine
 
 from adapters.base import Institution, OutboundAdapter
+from router.acks import AckConsumer, AckFilePicker
 from router.broker import ensure_topics, group_consumer, idempotent_producer, wait_until_ready
+from router.channels import FileChannel, HttpChannel
 from router.db import make_engine
-from router.delivery import RetryPolicy
+from router.delivery import Channel, RetryPolicy
 from router.migrate import upgrade
 from router.processing import Processor
 from router.registry import outbound_adapters
-from router.relay import Relay
+from router.relay import AckIntake, Relay
 from router.topics import Topics
 from router.worker import RouterWorker
-from services.settings import Settings
+from services.settings import DeliveryMode, PartnerSettings, Settings
 
 
 @dataclass
@@ -57,7 +59,49 @@ class Jokko:
             breaker_reset_s=s.delivery_breaker_reset_s,
         )
 
-    def relay(self) -> Relay:
+    def partner(self, institution: Institution) -> PartnerSettings:
+        settings: PartnerSettings = getattr(self.settings, institution.value)
+        return settings
+
+    def channels(self) -> dict[Institution, Channel]:
+        """The non-Kafka channels chosen in settings (Kafka is the relay's default)."""
+        chosen: dict[Institution, Channel] = {}
+        for inst in Institution:
+            p = self.partner(inst)
+            if p.mode == DeliveryMode.HTTP:
+                url, secret = p.http_target()
+                chosen[inst] = HttpChannel(
+                    inst,
+                    self.adapters[inst],
+                    url,
+                    secret,
+                    timeout_s=p.timeout_s,
+                    concurrency=p.concurrency,
+                )
+            elif p.mode == DeliveryMode.FILE:
+                chosen[inst] = FileChannel(p.file_dirs()[0], institution=inst)
+        return chosen
+
+    def ack_intake(self) -> list[AckIntake]:
+        """Where acknowledgements come back: the ack topic, or the ack file directory (HTTP
+        answers are acks themselves)."""
+        intake: list[AckIntake] = []
+        for inst in Institution:
+            p = self.partner(inst)
+            if p.mode == DeliveryMode.KAFKA:
+                consumer = group_consumer(
+                    self.settings.kafka_bootstrap,
+                    f"{self.settings.router_group}-acks-{inst.value}",
+                    [self.topics.acks(inst)],
+                    client_id=f"jokko-acks-{inst.value}",
+                )
+                intake.append(AckConsumer(self.engine, consumer, inst, self.adapters[inst]))
+            elif p.mode == DeliveryMode.FILE:
+                ack_dir = p.file_dirs()[1]
+                intake.append(AckFilePicker(self.engine, ack_dir, inst, self.adapters[inst]))
+        return intake
+
+    def relay(self, *, with_acks: bool = True) -> Relay:
         s = self.settings
         producer = idempotent_producer(s.kafka_bootstrap, client_id="jokko-relay", max_block_s=10)
         return Relay(
@@ -66,6 +110,8 @@ class Jokko:
             self.topics,
             batch_size=s.relay_batch_size,
             policy=self.retry_policy(),
+            channels=self.channels(),
+            intake=self.ack_intake() if with_acks else (),
         )
 
 

@@ -7,9 +7,20 @@ not at the first message an hour later.
 from __future__ import annotations
 
 import re
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -41,8 +52,55 @@ class InvalidSettings(JokkoError):
     """The configuration cannot start Jokko; the message names each wrong setting."""
 
 
+class DeliveryMode(StrEnum):
+    KAFKA = "kafka"
+    """The institution consumes jokko.out.<inst>.v1 and answers on jokko.acks.<inst>.v1."""
+    HTTP = "http"
+    """Jokko POSTs each message, signed; the answer is the acknowledgement."""
+    FILE = "file"
+    """Declaration files dropped in ``outbox_dir``; ack files picked up from ``ack_dir``."""
+
+
+class PartnerSettings(BaseModel):
+    """How one institution is reached (``JOKKO_CSS__MODE=http``, ``JOKKO_CSS__URL=...``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: DeliveryMode = DeliveryMode.KAFKA
+    url: HttpUrl | None = None
+    secret: SecretStr | None = None
+    """Shared HMAC key for signing pushes (Standard Webhooks), at least 32 bytes."""
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    outbox_dir: Path | None = None
+    ack_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _complete_for_its_mode(self) -> PartnerSettings:
+        if self.mode == DeliveryMode.HTTP:
+            if self.url is None:
+                raise ValueError("mode http needs url")
+            if self.secret is None or len(self.secret.get_secret_value()) < 32:
+                raise ValueError("mode http needs a secret of at least 32 characters")
+        if self.mode == DeliveryMode.FILE and (self.outbox_dir is None or self.ack_dir is None):
+            raise ValueError("mode file needs outbox_dir and ack_dir")
+        return self
+
+    def http_target(self) -> tuple[str, bytes]:
+        if self.url is None or self.secret is None:
+            raise InvalidSettings("an http partner needs url and secret")
+        return str(self.url), self.secret.get_secret_value().encode()
+
+    def file_dirs(self) -> tuple[Path, Path]:
+        if self.outbox_dir is None or self.ack_dir is None:
+            raise InvalidSettings("a file partner needs outbox_dir and ack_dir")
+        return self.outbox_dir, self.ack_dir
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="JOKKO_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="JOKKO_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
 
     kafka_bootstrap: Annotated[str, AfterValidator(_bootstrap_servers)] = "127.0.0.1:9092"
     database_url: Annotated[str, AfterValidator(_database_url)] = "sqlite:///.jokko/jokko.db"
@@ -63,6 +121,9 @@ class Settings(BaseSettings):
     """Consecutive whole-batch failures that open an institution's circuit."""
     delivery_breaker_reset_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     """How long an open circuit waits before one message probes the institution."""
+    cmu: PartnerSettings = PartnerSettings()
+    css: PartnerSettings = PartnerSettings()
+    ipres: PartnerSettings = PartnerSettings()
 
 
 def load_settings(**overrides: object) -> Settings:

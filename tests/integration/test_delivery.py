@@ -101,6 +101,9 @@ class ScriptedChannel:
             out.append(Delivery(p.message_id, result, reason_code=reason, reason_text=reason))
         return out
 
+    def close(self) -> None:
+        pass
+
 
 FAST = RetryPolicy(max_attempts=4, initial_s=1, max_s=8, jitter_s=0.5, breaker_failures=3)
 

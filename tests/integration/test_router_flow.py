@@ -41,10 +41,14 @@ def jokko(jokko_settings: Callable[..., Settings]) -> Iterator[Jokko]:
         app.engine.dispose()
 
 
-def route_until_idle(router: RouterWorker, quiet_polls: int = 4) -> int:
-    """Poll until the router has seen nothing new for a few polls; returns records handled."""
+def route_until_idle(
+    router: RouterWorker, expected: int, quiet_polls: int = 3, timeout_s: float = 60
+) -> int:
+    """Poll until ``expected`` records were handled (joining the group takes a moment) and
+    nothing more came for a few polls; returns the records handled."""
     handled, quiet = 0, 0
-    while quiet < quiet_polls:
+    deadline = time.monotonic() + timeout_s
+    while (handled < expected or quiet < quiet_polls) and time.monotonic() < deadline:
         n = router.poll_once(timeout_ms=300)
         handled += n
         quiet = 0 if n else quiet + 1
@@ -83,7 +87,7 @@ def test_each_event_three_times_then_replayed_from_offset_zero_gives_one_row_eac
 
     router = jokko.router()
     try:
-        assert route_until_idle(router) == 3 * len(events)
+        assert route_until_idle(router, 3 * len(events)) == 3 * len(events)
     finally:
         router.close()
     expected = Counter({inst.value: len(events) for inst in Institution})
@@ -94,7 +98,7 @@ def test_each_event_three_times_then_replayed_from_offset_zero_gives_one_row_eac
     again = bootstrap(jokko.settings.model_copy(update={"router_group": "replay-from-zero"}))
     replayer = again.router()
     try:
-        assert route_until_idle(replayer) == 3 * len(events)
+        assert route_until_idle(replayer, 3 * len(events)) == 3 * len(events)
     finally:
         replayer.close()
         again.engine.dispose()
@@ -124,7 +128,7 @@ def test_poison_interleaved_is_dead_lettered_and_lag_returns_to_zero(jokko: Jokk
     thread = threading.Thread(target=relay.run, args=(stop,))
     thread.start()
     try:
-        route_until_idle(router)
+        route_until_idle(router, len(events) + len(POISON))
         deadline = time.monotonic() + 60
         while pending_by_institution(jokko.engine) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -193,7 +197,7 @@ def test_a_failing_institution_topic_holds_up_only_that_institution(
     thread = threading.Thread(target=relay.run, args=(stop,))
     thread.start()
     try:
-        route_until_idle(router)
+        route_until_idle(router, len(events))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             pending = pending_by_institution(app.engine)

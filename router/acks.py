@@ -1,0 +1,201 @@
+"""Acknowledgements from the institutions, whichever way they come back, applied to deliveries.
+
+``sent → accepted | rejected(reason)``. Applying the same ack twice changes nothing; an ack
+for a message Jokko never sent, or one contradicting an earlier ack, is kept as an anomaly
+(``ack_anomaly``) for the operators, never dropped. Acks arrive on the institution's ack
+topic (``AckConsumer``), as ack files (``AckFilePicker``) or in the HTTP answer itself (the
+push channel reports them directly to the delivery worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka import KafkaConsumer
+from kafka.errors import KafkaError
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from adapters.base import Ack, AckStatus, Institution, MalformedAck, OutboundAdapter
+from router.store import AckAnomalyRow, DeliveryState, OutboxRow, Stage, TrailRow, utcnow
+
+log = logging.getLogger(__name__)
+
+_FINAL = {AckStatus.ACCEPTED: DeliveryState.ACCEPTED, AckStatus.REJECTED: DeliveryState.REJECTED}
+
+
+@dataclass
+class AckReport:
+    applied: int = 0
+    duplicates: int = 0
+    anomalies: Counter[str] = field(default_factory=Counter)
+
+    def __iadd__(self, other: AckReport) -> AckReport:
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.anomalies.update(other.anomalies)
+        return self
+
+
+def apply_acks(
+    engine: Engine, institution: Institution, acks: Sequence[Ack], *, channel: str
+) -> AckReport:
+    """Apply acks in one transaction; safe to call again with the same acks."""
+    report = AckReport()
+    if not acks:
+        return report
+    now = utcnow()
+    with Session(engine) as session, session.begin():
+        rows = {
+            r.message_id: r
+            for r in session.scalars(
+                select(OutboxRow)
+                .where(
+                    OutboxRow.institution == institution.value,
+                    OutboxRow.message_id.in_({a.message_id for a in acks}),
+                )
+                .with_for_update()
+            )
+        }
+
+        def anomaly(ack: Ack, kind: str, detail: str) -> None:
+            report.anomalies[kind] += 1
+            session.add(
+                AckAnomalyRow(
+                    institution=institution.value,
+                    message_id=ack.message_id,
+                    kind=kind,
+                    status=ack.status.value,
+                    reason_code=ack.reason_code,
+                    detail=detail,
+                    channel=channel,
+                    received_at=now,
+                )
+            )
+
+        for ack in acks:
+            row = rows.get(ack.message_id)
+            target = _FINAL[ack.status]
+            if row is None:
+                anomaly(ack, "unknown_message", "no message with this id was sent")
+                continue
+            if row.state == target and row.reason_code == ack.reason_code:
+                report.duplicates += 1
+                continue
+            if row.state in (DeliveryState.ACCEPTED, DeliveryState.REJECTED):
+                anomaly(ack, "conflicting_ack", f"already {row.state}; the first answer stands")
+                continue
+            if row.state in (DeliveryState.PENDING, DeliveryState.DEAD):
+                # The institution has it although Jokko gave up on it, or before the
+                # relay recorded sending it (killed in between): the ack is the truth.
+                anomaly(ack, f"ack_while_{row.state}", "applied")
+            row.state = target
+            row.acked_at = now
+            row.next_attempt_at = None
+            row.reason_code = ack.reason_code
+            row.reason_text = ack.reason_text
+            row.institution_ref = ack.institution_ref
+            session.add(
+                TrailRow(
+                    event_id=row.event_id,
+                    stage=Stage(target.value),
+                    institution=row.institution,
+                    message_id=row.message_id,
+                    detail=ack.reason_code,
+                    at=now,
+                )
+            )
+            report.applied += 1
+    return report
+
+
+class AckConsumer:
+    """Reads ``jokko.acks.<institution>.v1``; offsets are committed after the acks are applied,
+    so a crash re-reads them and re-applying is harmless."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        consumer: KafkaConsumer,
+        institution: Institution,
+        adapter: OutboundAdapter,
+    ) -> None:
+        self._engine = engine
+        self._consumer = consumer
+        self._institution = institution
+        self._adapter = adapter
+        self.report = AckReport()
+        self.malformed = 0
+
+    def poll_once(self, timeout_ms: int = 500) -> int:
+        batch = self._consumer.poll(timeout_ms=timeout_ms)
+        acks: list[Ack] = []
+        for records in batch.values():
+            for record in records:
+                try:
+                    acks.extend(self._adapter.parse_ack(record.value or b""))
+                except MalformedAck as exc:
+                    self.malformed += 1
+                    log.warning("malformed ack at %s:%s: %s", record.partition, record.offset, exc)
+        self.report += apply_acks(self._engine, self._institution, acks, channel="kafka")
+        if batch:
+            self._consumer.commit()
+        return sum(len(r) for r in batch.values())
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    self.poll_once()
+                except (KafkaError, OperationalError) as exc:
+                    log.warning("ack consumer for %s retrying: %r", self._institution, exc)
+                    stop.wait(1.0)
+        finally:
+            self._consumer.close()
+
+
+class AckFilePicker:
+    """Picks up ``*.ack`` files from the exchange directory, applies them, and moves each to
+    ``processed/`` (or ``malformed/``) only after its acks are committed."""
+
+    def __init__(
+        self, engine: Engine, directory: Path, institution: Institution, adapter: OutboundAdapter
+    ) -> None:
+        self._engine = engine
+        self._dir = directory
+        self._institution = institution
+        self._adapter = adapter
+        self.report = AckReport()
+        self.malformed: list[str] = []
+        for sub in ("processed", "malformed"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+
+    def poll_once(self) -> int:
+        files = sorted(p for p in self._dir.glob("*.ack") if p.is_file())
+        for path in files:
+            try:
+                acks = self._adapter.parse_ack(path.read_bytes())
+            except MalformedAck as exc:
+                log.warning("malformed ack file %s: %s", path.name, exc)
+                self.malformed.append(path.name)
+                shutil.move(path, self._dir / "malformed" / path.name)
+                continue
+            self.report += apply_acks(self._engine, self._institution, acks, channel="file")
+            shutil.move(path, self._dir / "processed" / path.name)
+        return len(files)
+
+    def run(self, stop: threading.Event, interval_s: float = 0.2) -> None:
+        while not stop.is_set():
+            try:
+                if self.poll_once() == 0:
+                    stop.wait(interval_s)
+            except OperationalError as exc:
+                log.warning("ack files for %s retrying: %r", self._institution, exc)
+                stop.wait(1.0)

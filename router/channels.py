@@ -1,0 +1,220 @@
+"""The ways Jokko reaches an institution besides its Kafka topic: signed HTTP push, file drop.
+
+Channels move bytes and report per message (``router.delivery.Delivery``); retries, order and
+dead letters are the delivery worker's business. Both keep a member's order inside a batch:
+once one of a member's messages fails, its later ones are not sent and are reported failed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+from uuid import UUID
+
+import httpx
+
+from adapters.base import (
+    Ack,
+    AckStatus,
+    Institution,
+    InvalidMessage,
+    MalformedAck,
+    OutboundAdapter,
+    OutboundMessage,
+)
+from adapters.ipres import build_declaration_file
+from adapters.ipres import validate as validate_ipres
+from router.delivery import ChannelUnavailable, Delivery, Parcel, Result
+from router.signing import sign
+
+ParseAck = Callable[[bytes], list[Ack]]
+
+
+def delivery_of(ack: Ack, batch_ref: str | None = None) -> Delivery:
+    return Delivery(
+        ack.message_id,
+        Result.ACCEPTED if ack.status == AckStatus.ACCEPTED else Result.REJECTED,
+        reason_code=ack.reason_code,
+        reason_text=ack.reason_text,
+        institution_ref=ack.institution_ref,
+        batch_ref=batch_ref,
+    )
+
+
+class HttpChannel:
+    """POSTs each message to the institution's endpoint, signed (``router.signing``), and reads
+    the institution's answer in its own format as the acknowledgement.
+
+    An answer the adapter reads as an ack is final (accepted or rejected, whatever the HTTP
+    status); 5xx, 401, timeouts, dropped connections and unreadable answers are transient.
+    Members are sent concurrently (``concurrency``), each member's messages one after another.
+    """
+
+    name = "http"
+
+    def __init__(
+        self,
+        institution: Institution,
+        adapter: OutboundAdapter,
+        url: str,
+        secret: bytes,
+        *,
+        timeout_s: float = 10.0,
+        concurrency: int = 8,
+        client: httpx.Client | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._institution = institution
+        self._parse_ack = adapter.parse_ack
+        self._url = url
+        self._secret = secret
+        self._client = client or httpx.Client(timeout=timeout_s)
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix=f"push-{institution}")
+        self._clock = clock
+        self._last_ts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    @property
+    def institution(self) -> Institution:
+        return self._institution
+
+    def deliver(self, parcels: Sequence[Parcel]) -> list[Delivery]:
+        by_member: dict[str, list[Parcel]] = {}
+        for p in parcels:
+            by_member.setdefault(p.member_id, []).append(p)
+        results: dict[str, Delivery] = {}
+        for member_results in self._pool.map(self._send_member, by_member.values()):
+            results.update(member_results)
+        return [results[p.message_id] for p in parcels]
+
+    def _send_member(self, parcels: list[Parcel]) -> dict[str, Delivery]:
+        out: dict[str, Delivery] = {}
+        failed = False
+        for p in parcels:
+            if failed:
+                out[p.message_id] = Delivery(
+                    p.message_id, Result.FAILED, reason_text="an earlier message failed"
+                )
+                continue
+            out[p.message_id] = d = self._send(p)
+            failed = d.result == Result.FAILED
+        return out
+
+    def _timestamp(self, message_id: str) -> int:
+        """Each attempt of a message gets a later timestamp than the last, so a partner's
+        replay protection never mistakes a legitimate retry for a replayed request."""
+        with self._lock:
+            ts = max(int(self._clock()), self._last_ts.get(message_id, 0) + 1)
+            self._last_ts[message_id] = ts
+            return ts
+
+    def _send(self, p: Parcel) -> Delivery:
+        headers = sign(self._secret, p.message_id, p.body, timestamp=self._timestamp(p.message_id))
+        headers["content-type"] = p.content_type
+        try:
+            with self._lock:
+                self.requests += 1
+            response = self._client.post(self._url, content=p.body, headers=headers)
+        except httpx.HTTPError as exc:
+            return Delivery(p.message_id, Result.FAILED, reason_text=f"{type(exc).__name__}")
+        if response.status_code >= 500 or response.status_code in (401, 403, 408, 429):
+            return Delivery(p.message_id, Result.FAILED, reason_text=f"HTTP {response.status_code}")
+        try:
+            acks = [a for a in self._parse_ack(response.content) if a.message_id == p.message_id]
+        except MalformedAck as exc:
+            return Delivery(
+                p.message_id,
+                Result.FAILED,
+                reason_text=f"HTTP {response.status_code}, unreadable answer: {exc}",
+            )
+        if not acks:
+            return Delivery(
+                p.message_id, Result.FAILED, reason_text="the answer does not name this message"
+            )
+        with self._lock:
+            self._last_ts.pop(p.message_id, None)
+        return delivery_of(acks[0])
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        self._client.close()
+
+
+class FileChannel:
+    """Writes each batch as one IPRES declaration file into the exchange's outbox directory.
+
+    The file is written under a temporary name and renamed, so the institution never reads a
+    half-written file. Its acknowledgement comes later as an ack file (``router.acks``).
+    """
+
+    name = "file"
+
+    def __init__(
+        self,
+        outbox: Path,
+        *,
+        institution: Institution = Institution.IPRES,
+        today: Callable[[], date] = date.today,
+    ) -> None:
+        self._outbox = outbox
+        self._institution = institution
+        self._today = today
+        outbox.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def institution(self) -> Institution:
+        return self._institution
+
+    def deliver(self, parcels: Sequence[Parcel]) -> list[Delivery]:
+        file_id = f"J{uuid.uuid4().hex[:19].upper()}"
+        candidates = [
+            OutboundMessage(
+                message_id=p.message_id,
+                institution=self._institution,
+                event_id=UUID(p.event_id),
+                member_id=p.member_id,
+                kind=p.kind,
+                content_type=p.content_type,
+                body=p.body,
+                format_version=p.format_version,
+            )
+            for p in parcels
+        ]
+        refused: dict[str, Delivery] = {}
+        messages = []
+        for m in candidates:  # one bad record must not hold the whole file back
+            try:
+                validate_ipres(m)
+                messages.append(m)
+            except InvalidMessage as exc:
+                refused[m.message_id] = Delivery(
+                    m.message_id, Result.UNDELIVERABLE, "invalid_message", str(exc)
+                )
+        if not messages:
+            return [refused[p.message_id] for p in parcels]
+        content = build_declaration_file(messages, file_id=file_id, created=self._today())
+        final = self._outbox / f"{file_id}.dat"
+        temp = self._outbox / f".{file_id}.tmp"
+        try:
+            with temp.open("wb") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+            temp.rename(final)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise ChannelUnavailable(f"cannot write {final}: {exc}") from exc
+        return [
+            refused.get(p.message_id) or Delivery(p.message_id, Result.SENT, batch_ref=file_id)
+            for p in parcels
+        ]
+
+    def close(self) -> None:
+        """Nothing held open between batches."""

@@ -1,0 +1,279 @@
+"""Delivery to the fake institutions over the three modes — HTTP push (CMU, CSS), file exchange
+(IPRES), the institution's own Kafka topics — with the real router, broker and PostgreSQL.
+
+Breaks it on purpose: CSS flapping (30% 503, 1 s latency), CSS down then back, rejected
+members, a partner that answers twice or about messages Jokko never sent.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from adapters.base import Institution
+from router.broker import idempotent_producer
+from router.canonical import publish_events
+from router.store import AckAnomalyRow, DeliveryState, OutboxRow
+from schemas import CanonicalEvent
+from services.bootstrap import Jokko, bootstrap
+from services.settings import Settings
+from tests.factories import contributions, enrolments
+from tests.fakes.cmu import FakeCMU
+from tests.fakes.css import FakeCSS
+from tests.fakes.faults import Faults
+from tests.fakes.ipres import FakeIPRES
+from tests.fakes.server import serve
+from tests.integration.test_router_flow import route_until_idle
+
+pytestmark = pytest.mark.integration
+
+SECRETS = {
+    inst: f"{inst.value}-shared-secret-for-tests-0123456789".encode() for inst in Institution
+}
+FINAL = {DeliveryState.ACCEPTED, DeliveryState.REJECTED, DeliveryState.DEAD}
+
+
+@dataclass
+class Partners:
+    cmu: FakeCMU
+    css: FakeCSS
+    ipres: FakeIPRES
+    settings: dict[str, object]
+
+
+@pytest.fixture
+def partners(tmp_path: Path) -> Iterator[Partners]:
+    cmu = FakeCMU(SECRETS[Institution.CMU], Faults(seed=1))
+    css = FakeCSS(SECRETS[Institution.CSS], Faults(seed=2))
+    ipres = FakeIPRES(tmp_path / "ipres-in", tmp_path / "ipres-acks", Faults(seed=3))
+    with ExitStack() as stack:
+        cmu_url = stack.enter_context(serve(cmu.app))
+        css_url = stack.enter_context(serve(css.app))
+        stack.enter_context(ipres)
+        yield Partners(
+            cmu,
+            css,
+            ipres,
+            {
+                "cmu": {
+                    "mode": "http",
+                    "url": f"{cmu_url}/fhir",
+                    "secret": SECRETS[Institution.CMU].decode(),
+                },
+                "css": {
+                    "mode": "http",
+                    "url": f"{css_url}/css/v1/documents",
+                    "secret": SECRETS[Institution.CSS].decode(),
+                    "timeout_s": 5,
+                    "concurrency": 8,
+                },
+                "ipres": {"mode": "file", "outbox_dir": ipres.inbox, "ack_dir": ipres.acks},
+            },
+        )
+
+
+@dataclass
+class Run:
+    app: Jokko
+    stop: threading.Event
+    thread: threading.Thread
+
+    def rows(self) -> list[OutboxRow]:
+        with Session(self.app.engine) as s:
+            return list(s.scalars(select(OutboxRow).order_by(OutboxRow.id)))
+
+    def unfinished(self, institution: Institution | None = None) -> int:
+        return sum(
+            1
+            for r in self.rows()
+            if r.state not in FINAL and (institution is None or r.institution == institution)
+        )
+
+    def wait(self, what: Callable[[], bool], timeout_s: float, label: str) -> float:
+        start = time.monotonic()
+        while not what():
+            if time.monotonic() - start > timeout_s:
+                states = Counter((r.institution, r.state) for r in self.rows())
+                raise AssertionError(f"timed out waiting for {label}: {states}")
+            time.sleep(0.1)
+        return time.monotonic() - start
+
+
+@pytest.fixture
+def start(
+    jokko_settings: Callable[..., Settings], partners: Partners
+) -> Iterator[Callable[..., Run]]:
+    runs: list[Run] = []
+
+    def _start(events: list[CanonicalEvent], **overrides: object) -> Run:
+        settings = jokko_settings(
+            **{
+                **partners.settings,
+                "delivery_backoff_initial_s": 0.2,
+                "delivery_backoff_max_s": 2.0,
+                "delivery_breaker_reset_s": 0.5,
+                "relay_batch_size": 50,
+                **overrides,
+            }
+        )
+        app = bootstrap(settings)
+        producer = idempotent_producer(settings.kafka_bootstrap)
+        try:
+            publish_events(producer, app.topics.canonical, events)
+        finally:
+            producer.close()
+        router = app.router()
+        try:
+            assert route_until_idle(router, len(events)) == len(events)
+        finally:
+            router.close()
+        relay = app.relay()
+        stop = threading.Event()
+        thread = threading.Thread(target=relay.run, args=(stop,))
+        thread.start()
+        run = Run(app, stop, thread)
+        runs.append(run)
+        return run
+
+    yield _start
+    for run in runs:
+        run.stop.set()
+        run.thread.join(30)
+        run.app.engine.dispose()
+
+
+def activity(members: int, months: int) -> list[CanonicalEvent]:
+    seed = uuid.uuid4().hex[:6]
+    return [*enrolments(members), *contributions(members, months, seed=seed)]
+
+
+def in_member_order(run: Run, received_ids: list[str], institution: Institution) -> None:
+    seq = {r.message_id: (r.member_id, r.member_seq) for r in run.rows()}
+    last: dict[str, int] = defaultdict(int)
+    for mid in received_ids:
+        member, n = seq[mid]
+        assert n > last[member], f"{institution} got {member} #{n} after #{last[member]}"
+        last[member] = n
+
+
+def test_three_modes_deliver_and_every_message_ends_accepted_or_rejected(
+    start: Callable[..., Run], partners: Partners
+) -> None:
+    partners.css.faults.reject_members = {"MSNAS-TH-000002"}
+    partners.ipres.faults.reject_members = {"MSNAS-TH-000003"}
+    run = start(activity(members=6, months=3))
+    run.wait(lambda: run.unfinished() == 0, 90, "every delivery to end")
+
+    rows = run.rows()
+    by_inst = defaultdict(list)
+    for r in rows:
+        by_inst[r.institution].append(r)
+    assert set(by_inst) == {"cmu", "css", "ipres"}
+    for r in rows:
+        rejected = (r.institution, r.member_id) in {
+            ("css", "MSNAS-TH-000002"),
+            ("ipres", "MSNAS-TH-000003"),
+        }
+        assert r.state == (DeliveryState.REJECTED if rejected else DeliveryState.ACCEPTED), r
+        if rejected:
+            assert r.reason_code == "R042", "the institution's reason reaches the delivery"
+            assert r.reason_text
+        else:
+            assert r.institution_ref, "the institution's own reference is kept"
+    # what each institution holds is exactly what Jokko says it delivered
+    for inst, fake in (("cmu", partners.cmu), ("css", partners.css), ("ipres", partners.ipres)):
+        assert {m.message_id for m in fake.received} == {r.message_id for r in by_inst[inst]}
+    assert {r.batch_ref for r in by_inst["ipres"]} <= {f.file_id for f in partners.ipres.files}
+
+
+def test_css_flapping_30pc_with_1s_latency_is_isolated_and_bounded(
+    start: Callable[..., Run], partners: Partners
+) -> None:
+    partners.css.faults.error_rate = 0.3
+    partners.css.faults.latency_s = 1.0
+    run = start(activity(members=8, months=2), delivery_max_attempts=6)
+    others = run.wait(
+        lambda: run.unfinished(Institution.CMU) == 0 and run.unfinished(Institution.IPRES) == 0,
+        60,
+        "CMU and IPRES",
+    )
+    css_pending_when_others_done = run.unfinished(Institution.CSS)
+    total = run.wait(lambda: run.unfinished() == 0, 240, "CSS to finish") + others
+    css_rows = [r for r in run.rows() if r.institution == "css"]
+    states = Counter(r.state for r in css_rows)
+    assert set(states) <= {DeliveryState.ACCEPTED, DeliveryState.DEAD}
+    requests = partners.css.requests.total
+    accepted_at_css = {m.message_id for m in partners.css.received}
+    assert {r.message_id for r in css_rows if r.state == DeliveryState.ACCEPTED} <= accepted_at_css
+    # each message is tried at most max_attempts times: no retry storm
+    assert requests <= len(css_rows) * 6
+    assert css_pending_when_others_done > 0, "CSS was still busy when the others had finished"
+    in_member_order(run, [m.message_id for m in partners.css.received], Institution.CSS)
+    print(
+        f"CSS flapping: {len(css_rows)} messages, {dict(states)}, {requests} requests "
+        f"({requests / len(css_rows):.2f} per message); CMU+IPRES done in {others:.1f}s, "
+        f"all in {total:.1f}s"
+    )
+
+
+def test_css_down_then_back_drains_its_backlog_in_member_order(
+    start: Callable[..., Run], partners: Partners
+) -> None:
+    partners.css.faults.down = True
+    run = start(activity(members=6, months=4), delivery_breaker_failures=3)
+    run.wait(
+        lambda: run.unfinished(Institution.CMU) == 0 and run.unfinished(Institution.IPRES) == 0,
+        60,
+        "CMU and IPRES while CSS is down",
+    )
+    time.sleep(2)
+    css_rows = [r for r in run.rows() if r.institution == "css"]
+    assert all(r.state == DeliveryState.PENDING for r in css_rows)
+    while_down = partners.css.requests.total
+    assert while_down < len(css_rows), "a dead partner is probed, not hammered"
+
+    partners.css.faults.down = False
+    run.wait(lambda: run.unfinished() == 0, 60, "the CSS backlog")
+    assert all(r.state == DeliveryState.ACCEPTED for r in run.rows())
+    in_member_order(run, [m.message_id for m in partners.css.received], Institution.CSS)
+    print(f"CSS down: {while_down} requests for {len(css_rows)} waiting messages")
+
+
+def test_duplicate_and_unknown_acks_are_harmless_and_recorded(
+    start: Callable[..., Run], partners: Partners
+) -> None:
+    partners.ipres.faults.duplicate_acks = True
+    run = start(activity(members=4, months=2))
+    run.wait(lambda: run.unfinished() == 0, 60, "every delivery to end")
+    ipres = [r for r in run.rows() if r.institution == "ipres"]
+    assert all(r.state == DeliveryState.ACCEPTED for r in ipres)
+    # an ack file about a message Jokko never sent
+    from adapters.base import Ack, AckStatus
+    from adapters.ipres import build_ack_file
+
+    stranger = str(uuid.uuid4())
+    ack = build_ack_file(
+        [Ack(stranger, Institution.IPRES, AckStatus.ACCEPTED, institution_ref="IP-X")],
+        file_id="ACKSTRANGER",
+        declaration_file_id="NOTOURS",
+        created=__import__("datetime").date.today(),
+    )
+    (partners.ipres.acks / "stranger.ack").write_bytes(ack)
+
+    def anomalies() -> list[AckAnomalyRow]:
+        with Session(run.app.engine) as s:
+            return list(s.scalars(select(AckAnomalyRow)))
+
+    run.wait(lambda: any(a.message_id == stranger for a in anomalies()), 30, "the anomaly")
+    assert [a.kind for a in anomalies()] == ["unknown_message"]
+    assert all(r.state == DeliveryState.ACCEPTED for r in run.rows() if r.institution == "ipres")
