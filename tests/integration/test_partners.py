@@ -32,6 +32,7 @@ from tests.fakes.cmu import FakeCMU
 from tests.fakes.css import FakeCSS
 from tests.fakes.faults import Faults
 from tests.fakes.ipres import FakeIPRES
+from tests.fakes.kafka_partner import KafkaPartner
 from tests.fakes.server import serve
 from tests.integration.test_router_flow import route_until_idle
 
@@ -277,3 +278,32 @@ def test_duplicate_and_unknown_acks_are_harmless_and_recorded(
     run.wait(lambda: any(a.message_id == stranger for a in anomalies()), 30, "the anomaly")
     assert [a.kind for a in anomalies()] == ["unknown_message"]
     assert all(r.state == DeliveryState.ACCEPTED for r in run.rows() if r.institution == "ipres")
+
+
+def test_kafka_mode_acks_come_back_on_the_ack_topic(
+    start: Callable[..., Run], partners: Partners
+) -> None:
+    """CMU reads jokko.out.cmu.v1 and answers (twice each) on jokko.acks.cmu.v1."""
+    partners.cmu.faults.reject_members = {"MSNAS-TH-000001"}
+    run = start(activity(members=5, months=2), cmu={"mode": "kafka"})
+    url = partners.settings["cmu"]["url"]  # type: ignore[index]
+    with KafkaPartner(
+        run.app.settings.kafka_bootstrap,
+        run.app.topics,
+        Institution.CMU,
+        str(url),
+        SECRETS[Institution.CMU],
+        duplicate_acks=True,
+    ) as partner:
+        run.wait(lambda: run.unfinished() == 0, 90, "every CMU ack")
+    cmu = [r for r in run.rows() if r.institution == "cmu"]
+    assert partner.consumed >= len(cmu)
+    for r in cmu:
+        expected = (
+            DeliveryState.REJECTED if r.member_id == "MSNAS-TH-000001" else DeliveryState.ACCEPTED
+        )
+        assert r.state == expected
+        assert r.sent_at is not None
+        assert r.acked_at is not None
+    with Session(run.app.engine) as s:
+        assert list(s.scalars(select(AckAnomalyRow))) == [], "a duplicate ack is no anomaly"

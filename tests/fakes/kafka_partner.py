@@ -1,0 +1,86 @@
+"""An institution that reads its own Kafka topic and answers on its ack topic.
+
+It judges each message with the fake institution's HTTP endpoint (the same checks, the same
+answers in the institution's format), so the Kafka path and the push path are held to one
+standard. ``duplicate_acks`` publishes every answer twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import httpx
+from kafka import KafkaProducer
+
+from adapters.base import Institution
+from router.broker import group_consumer
+from router.signing import sign
+from router.topics import Topics
+
+
+class KafkaPartner:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        institution: Institution,
+        endpoint: str,
+        secret: bytes,
+        *,
+        duplicate_acks: bool = False,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._topics = topics
+        self._institution = institution
+        self._endpoint = endpoint
+        self._secret = secret
+        self.duplicate_acks = duplicate_acks
+        self.consumed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"partner-{institution}")
+        self._failure: BaseException | None = None
+
+    def __enter__(self) -> KafkaPartner:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        if self._failure is not None:
+            raise self._failure
+
+    def _run(self) -> None:
+        consumer = group_consumer(
+            self._bootstrap,
+            f"partner-{self._institution}-{uuid.uuid4().hex[:6]}",
+            [self._topics.outbound(self._institution)],
+        )
+        producer = KafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
+        client = httpx.Client(timeout=10)
+        try:
+            while not self._stop.is_set():
+                for records in consumer.poll(timeout_ms=200).values():
+                    for r in records:
+                        headers = {k: v.decode() for k, v in r.headers}
+                        message_id = headers["message_id"]
+                        signed = sign(self._secret, message_id, r.value, timestamp=int(time.time()))
+                        answer = client.post(
+                            self._endpoint,
+                            content=r.value,
+                            headers={**signed, "content-type": headers["content_type"]},
+                        )
+                        ack_topic = self._topics.acks(self._institution)
+                        for _ in range(2 if self.duplicate_acks else 1):
+                            producer.send(ack_topic, key=r.key, value=answer.content)
+                        self.consumed += 1
+                producer.flush()
+                consumer.commit()
+        except BaseException as exc:
+            self._failure = exc
+        finally:
+            client.close()
+            producer.close()
+            consumer.close()
