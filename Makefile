@@ -40,8 +40,10 @@ demo: install
 	scripts/demo.sh
 
 # Benchmarks write bench/results/<bench>.json and regenerate bench/RESULTS.md.
-bench: install
+# bench.router starts its own Kafka broker and PostgreSQL (about 5 minutes on 2 cores).
+bench: install infra
 	$(BIN)/python -m bench.adapters
+	$(BIN)/python -m bench.router
 
 schema: install
 	$(BIN)/jokko schema export
