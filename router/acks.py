@@ -12,23 +12,40 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from adapters.base import Ack, AckStatus, Institution, MalformedAck, OutboundAdapter
-from router.store import AckAnomalyRow, DeliveryState, OutboxRow, Stage, TrailRow, utcnow
+from router.canonical import publish_events
+from router.store import (
+    AckAnomalyRow,
+    DeliveryState,
+    MemberProfileRow,
+    OutboxRow,
+    Stage,
+    TrailRow,
+    utcnow,
+)
+from schemas import ClaimAdjudicated
+from schemas.envelope import Source
+from schemas.types import Region
 
 log = logging.getLogger(__name__)
 
 _FINAL = {AckStatus.ACCEPTED: DeliveryState.ACCEPTED, AckStatus.REJECTED: DeliveryState.REJECTED}
+
+
+_ADJUDICATION_NS = uuid.UUID("9c4e2f1a-3b5d-4e6f-8a7b-0c1d2e3f4a5b")
 
 
 @dataclass
@@ -36,12 +53,33 @@ class AckReport:
     applied: int = 0
     duplicates: int = 0
     anomalies: Counter[str] = field(default_factory=Counter)
+    adjudications: list[ClaimAdjudicated] = field(default_factory=list)
+    """CMU's decisions, as canonical events for the mutual (ids derived from the ack, so the
+    same decision applied twice is one event)."""
 
     def __iadd__(self, other: AckReport) -> AckReport:
         self.applied += other.applied
         self.duplicates += other.duplicates
         self.anomalies.update(other.anomalies)
+        self.adjudications += other.adjudications
         return self
+
+
+def _adjudication_event(
+    ack: Ack, row: OutboxRow, region: str | None, now: datetime
+) -> ClaimAdjudicated | None:
+    if ack.adjudication is None:
+        return None
+    mutual, code = row.member_id.split("-")[:2]
+    return ClaimAdjudicated(
+        event_id=uuid.uuid5(_ADJUDICATION_NS, f"{ack.institution}:{ack.message_id}"),
+        occurred_at=now,
+        recorded_at=now,
+        source=Source(mutual=mutual, region=Region(region or f"SN-{code}"), agent_id="jokko-acks"),
+        member_id=row.member_id,
+        correlation_id=uuid.UUID(row.event_id),
+        payload=ack.adjudication,
+    )
 
 
 def apply_acks(
@@ -62,6 +100,15 @@ def apply_acks(
                     OutboxRow.message_id.in_({a.message_id for a in acks}),
                 )
                 .with_for_update()
+            )
+        }
+
+        regions: dict[str, str] = {
+            member: region
+            for member, region in session.execute(
+                select(MemberProfileRow.member_id, MemberProfileRow.region).where(
+                    MemberProfileRow.member_id.in_({r.member_id for r in rows.values()})
+                )
             )
         }
 
@@ -96,6 +143,9 @@ def apply_acks(
                 # The institution has it although Jokko gave up on it, or before the
                 # relay recorded sending it (killed in between): the ack is the truth.
                 anomaly(ack, f"ack_while_{row.state}", "applied")
+            decided = _adjudication_event(ack, row, regions.get(row.member_id), now)
+            if decided is not None:
+                report.adjudications.append(decided)
             row.state = target
             row.acked_at = now
             row.next_attempt_at = None
@@ -117,8 +167,9 @@ def apply_acks(
 
 
 class AckConsumer:
-    """Reads ``jokko.acks.<institution>.v1``; offsets are committed after the acks are applied,
-    so a crash re-reads them and re-applying is harmless."""
+    """Reads ``jokko.acks.<institution>.v1``; offsets are committed after the acks are applied
+    and CMU's decisions published on the canonical topic, so a crash re-reads them and
+    re-applying is harmless (the decisions' event ids are derived from the acks)."""
 
     def __init__(
         self,
@@ -126,8 +177,13 @@ class AckConsumer:
         consumer: KafkaConsumer,
         institution: Institution,
         adapter: OutboundAdapter,
+        *,
+        producer: KafkaProducer | None = None,
+        canonical_topic: str | None = None,
     ) -> None:
         self._engine = engine
+        self._producer = producer
+        self._canonical = canonical_topic
         self._consumer = consumer
         self._institution = institution
         self._adapter = adapter
@@ -144,10 +200,22 @@ class AckConsumer:
                 except MalformedAck as exc:
                     self.malformed += 1
                     log.warning("malformed ack at %s:%s: %s", record.partition, record.offset, exc)
-        self.report += apply_acks(self._engine, self._institution, acks, channel="kafka")
+        applied = apply_acks(self._engine, self._institution, acks, channel="kafka")
+        if applied.adjudications and self._producer is not None and self._canonical:
+            publish_events(self._producer, self._canonical, applied.adjudications)
+        self.report += applied
         if batch:
             self._consumer.commit()
         return sum(len(r) for r in batch.values())
+
+    @property
+    def institution(self) -> Institution:
+        return self._institution
+
+    def close(self) -> None:
+        self._consumer.close()
+        if self._producer is not None:
+            self._producer.close()
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -158,7 +226,7 @@ class AckConsumer:
                     log.warning("ack consumer for %s retrying: %r", self._institution, exc)
                     stop.wait(1.0)
         finally:
-            self._consumer.close()
+            self.close()
 
 
 class AckFilePicker:

@@ -95,7 +95,18 @@ class Jokko:
                     [self.topics.acks(inst)],
                     client_id=f"jokko-acks-{inst.value}",
                 )
-                intake.append(AckConsumer(self.engine, consumer, inst, self.adapters[inst]))
+                intake.append(
+                    AckConsumer(
+                        self.engine,
+                        consumer,
+                        inst,
+                        self.adapters[inst],
+                        producer=idempotent_producer(
+                            self.settings.kafka_bootstrap, client_id=f"jokko-acks-{inst.value}"
+                        ),
+                        canonical_topic=self.topics.canonical,
+                    )
+                )
             elif p.mode == DeliveryMode.FILE:
                 ack_dir = p.file_dirs()[1]
                 intake.append(AckFilePicker(self.engine, ack_dir, inst, self.adapters[inst]))

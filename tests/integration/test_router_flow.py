@@ -3,6 +3,7 @@ from offset 0, poison records and consumer lag, and one institution's topic fail
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -16,16 +17,21 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from adapters.base import Institution
+from adapters.cmu import systems
+from router.acks import AckConsumer
 from router.broker import admin_client, idempotent_producer
 from router.canonical import publish_events
-from router.processing import Outcome
+from router.processing import Outcome, RawRecord
 from router.relay import pending_by_institution
 from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
 from router.worker import RouterWorker
+from schemas import dump_event
+from schemas.examples import load_examples
 from services.bootstrap import Jokko, bootstrap
 from services.settings import Settings
 from tests.factories import contributions
 from tests.integration.test_relay import assert_once_and_in_member_order, read_outbound
+from tests.unit.test_cmu_acks import claim_response
 
 pytestmark = pytest.mark.integration
 
@@ -226,3 +232,66 @@ def test_a_failing_institution_topic_holds_up_only_that_institution(
     got = read_outbound(app.settings.kafka_bootstrap, app.topics, 3 * len(events))
     assert_once_and_in_member_order(got, 3 * len(events))
     app.engine.dispose()
+
+
+def test_cmu_claim_decision_on_the_ack_topic_flows_back_as_one_canonical_event(
+    jokko: Jokko,
+) -> None:
+    examples = [
+        e
+        for e in load_examples()
+        if e.member_id == "MSNAS-TH-000289"
+        and e.event_type in ("member.enrolled", "claim.submitted")
+    ]
+    claim = next(e for e in examples if e.event_type == "claim.submitted")
+    jokko.processor().process_batch(
+        [RawRecord("canonical", 0, i, dump_event(e)) for i, e in enumerate(examples)]
+    )
+    with Session(jokko.engine) as s:
+        row = s.scalars(
+            select(OutboxRow).where(
+                OutboxRow.event_id == str(claim.event_id), OutboxRow.institution == "cmu"
+            )
+        ).one()
+    decision = claim_response(
+        30000,
+        20000,
+        ("NOT_COVERED",),
+        extension=[{"url": systems.EXT_MESSAGE_ID, "valueString": row.message_id}],
+    )
+    producer = idempotent_producer(jokko.settings.kafka_bootstrap)
+    try:
+        for _ in range(2):  # CMU sends its decision twice
+            producer.send(jokko.topics.acks(Institution.CMU), value=json.dumps(decision).encode())
+        producer.flush()
+    finally:
+        producer.close()
+
+    intake = [a for a in jokko.ack_intake() if isinstance(a, AckConsumer)]
+    consumer = next(a for a in intake if a.institution == Institution.CMU)
+    deadline = time.monotonic() + 60
+    try:
+        while consumer.report.applied + consumer.report.duplicates < 2:
+            assert time.monotonic() < deadline, "the two acks were not applied"
+            consumer.poll_once(timeout_ms=300)
+    finally:
+        for a in intake:
+            a.close()
+    with Session(jokko.engine) as s:
+        after = s.get_one(OutboxRow, row.id)
+    assert after.state == DeliveryState.ACCEPTED
+    assert (consumer.report.applied, consumer.report.duplicates) == (1, 1)
+    decided = consumer.report.adjudications
+    assert len(decided) == 1
+    assert decided[0].correlation_id == claim.event_id
+    assert decided[0].payload.approved_amount == 20000
+
+    router = jokko.router()
+    try:
+        route_until_idle(router, 1)
+    finally:
+        router.close()
+    with Session(jokko.engine) as s:
+        inbox = s.get_one(InboxRow, str(decided[0].event_id))
+    assert inbox.event_type == "claim.adjudicated"
+    assert inbox.destinations == "", "CMU's own decision is not echoed back to CMU"
