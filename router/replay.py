@@ -1,19 +1,22 @@
-"""Re-drive chosen dead letters. A replay goes through the same idempotent processing, so
-replaying twice, or replaying something that meanwhile got through, has no second effect."""
+"""Re-drive chosen dead letters. A canonical record goes through the same idempotent processing;
+a delivery that ran out of retries gets a fresh retry budget (its message, id and sequence
+unchanged). Replaying twice, or replaying something that meanwhile got through, has no second
+effect."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from router.processing import Outcome, Processor, RawRecord
-from router.store import DeadLetterRow, utcnow
+from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, TrailRow, utcnow
 
 
 def replay(engine: Engine, processor: Processor, dead_letter_ids: Iterable[int]) -> dict[int, str]:
-    """Returns, per id, what happened: an ``Outcome`` value, ``unknown`` or ``discarded``."""
+    """Returns, per id, what happened: an ``Outcome`` value, ``redelivered``,
+    ``already_redelivered``, ``unknown`` or ``discarded``."""
     results: dict[int, str] = {}
     for dl_id in dead_letter_ids:
         with Session(engine) as session:
@@ -23,6 +26,9 @@ def replay(engine: Engine, processor: Processor, dead_letter_ids: Iterable[int])
                 continue
             if row.discarded_at is not None:
                 results[dl_id] = "discarded"
+                continue
+            if row.source.startswith("delivery"):
+                results[dl_id] = _redeliver(session, row)
                 continue
             record = RawRecord(
                 row.topic or "replay", row.partition or 0, row.offset or 0, row.original
@@ -35,3 +41,31 @@ def replay(engine: Engine, processor: Processor, dead_letter_ids: Iterable[int])
                 done.attempts += 1
         results[dl_id] = outcome.value
     return results
+
+
+def _redeliver(session: Session, dead: DeadLetterRow) -> str:
+    """Back to pending with a new budget; ``redelivered`` once, ``already_redelivered`` after."""
+    row = session.scalars(
+        select(OutboxRow).where(OutboxRow.message_id == dead.message_id).with_for_update()
+    ).one_or_none()
+    if row is None:
+        return "unknown"
+    if row.state != DeliveryState.DEAD:
+        return "already_redelivered"
+    now = utcnow()
+    row.state = DeliveryState.PENDING
+    row.attempts = 0
+    row.next_attempt_at = None
+    dead.replayed_at = now
+    session.add(
+        TrailRow(
+            event_id=row.event_id,
+            stage=Stage.QUEUED,
+            institution=row.institution,
+            message_id=row.message_id,
+            detail=f"replay of dead letter {dead.id}",
+            at=now,
+        )
+    )
+    session.commit()
+    return "redelivered"

@@ -30,6 +30,7 @@ from router.delivery import (
 )
 from router.migrate import upgrade
 from router.processing import Processor, RawRecord
+from router.replay import replay
 from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, TrailRow
 from schemas import dump_event
 from tests.factories import contributions
@@ -271,3 +272,30 @@ def test_an_open_circuit_probes_with_one_message_and_closes_on_success(store: En
     assert worker.breaker.current_state == "closed"
     drain(worker, clock)
     assert all(r.state == DeliveryState.SENT for r in rows(store, Institution.CSS))
+
+
+def test_replaying_a_dead_delivery_gives_it_a_new_budget_once(store: Engine) -> None:
+    load(store, members=2, per_member=1)
+    clock = Clock()
+    doomed = rows(store, Institution.CSS)[0].message_id
+    failing = {doomed}
+    channel = ScriptedChannel(
+        Institution.CSS,
+        decide=lambda p, _n: Result.FAILED if p.message_id in failing else Result.SENT,
+    )
+    worker = DeliveryWorker(store, channel, policy=FAST, clock=clock)
+    drain(worker, clock)
+    with Session(store) as s:
+        dead_id = s.scalars(select(DeadLetterRow.id)).one()
+    failing.clear()  # the partner fixed its side; the operator replays
+    processor = Processor(store, echo_adapters())
+    assert replay(store, processor, [dead_id]) == {dead_id: "redelivered"}
+    assert replay(store, processor, [dead_id]) == {dead_id: "already_redelivered"}
+    worker.breaker.close()  # its failures had opened the circuit; the operator's fix closed it
+    drain(worker, clock)
+    row = next(r for r in rows(store, Institution.CSS) if r.message_id == doomed)
+    assert row.state == DeliveryState.SENT
+    assert row.attempts == 1, "a fresh budget, counted from the replay"
+    assert channel.attempts[doomed] == FAST.max_attempts + 1
+    with Session(store) as s:
+        assert s.get_one(DeadLetterRow, dead_id).replayed_at is not None
