@@ -14,7 +14,7 @@ import shutil
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -174,7 +174,7 @@ class AckConsumer:
     def __init__(
         self,
         engine: Engine,
-        consumer: KafkaConsumer,
+        consumer: Callable[[], KafkaConsumer],
         institution: Institution,
         adapter: OutboundAdapter,
         *,
@@ -184,13 +184,18 @@ class AckConsumer:
         self._engine = engine
         self._producer = producer
         self._canonical = canonical_topic
-        self._consumer = consumer
+        # Joined lazily, in the intake's own thread: a broker that is away at start-up must
+        # not stop the relay from delivering what it can.
+        self._make_consumer = consumer
+        self._consumer: KafkaConsumer | None = None
         self._institution = institution
         self._adapter = adapter
         self.report = AckReport()
         self.malformed = 0
 
     def poll_once(self, timeout_ms: int = 500) -> int:
+        if self._consumer is None:
+            self._consumer = self._make_consumer()
         batch = self._consumer.poll(timeout_ms=timeout_ms)
         acks: list[Ack] = []
         for records in batch.values():
@@ -213,9 +218,9 @@ class AckConsumer:
         return self._institution
 
     def close(self) -> None:
-        self._consumer.close()
-        if self._producer is not None:
-            self._producer.close()
+        """Leaves the group; the producer is shared and belongs to the caller."""
+        if self._consumer is not None:
+            self._consumer.close()
 
     def run(self, stop: threading.Event) -> None:
         try:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import signal
 import threading
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
 
+from kafka import KafkaProducer
 from sqlalchemy import Engine
 
 from adapters.base import Institution, OutboundAdapter
@@ -82,14 +84,15 @@ class Jokko:
                 chosen[inst] = FileChannel(p.file_dirs()[0], institution=inst)
         return chosen
 
-    def ack_intake(self) -> list[AckIntake]:
+    def ack_intake(self, producer: KafkaProducer) -> list[AckIntake]:
         """Where acknowledgements come back: the ack topic, or the ack file directory (HTTP
         answers are acks themselves)."""
         intake: list[AckIntake] = []
         for inst in Institution:
             p = self.partner(inst)
             if p.mode == DeliveryMode.KAFKA:
-                consumer = group_consumer(
+                consumer = partial(
+                    group_consumer,
                     self.settings.kafka_bootstrap,
                     f"{self.settings.router_group}-acks-{inst.value}",
                     [self.topics.acks(inst)],
@@ -101,9 +104,7 @@ class Jokko:
                         consumer,
                         inst,
                         self.adapters[inst],
-                        producer=idempotent_producer(
-                            self.settings.kafka_bootstrap, client_id=f"jokko-acks-{inst.value}"
-                        ),
+                        producer=producer,
                         canonical_topic=self.topics.canonical,
                     )
                 )
@@ -122,7 +123,7 @@ class Jokko:
             batch_size=s.relay_batch_size,
             policy=self.retry_policy(),
             channels=self.channels(),
-            intake=self.ack_intake() if with_acks else (),
+            intake=self.ack_intake(producer) if with_acks else (),
         )
 
 

@@ -267,7 +267,8 @@ def test_cmu_claim_decision_on_the_ack_topic_flows_back_as_one_canonical_event(
     finally:
         producer.close()
 
-    intake = [a for a in jokko.ack_intake() if isinstance(a, AckConsumer)]
+    producer = idempotent_producer(jokko.settings.kafka_bootstrap)
+    intake = [a for a in jokko.ack_intake(producer) if isinstance(a, AckConsumer)]
     consumer = next(a for a in intake if a.institution == Institution.CMU)
     deadline = time.monotonic() + 60
     try:
@@ -277,6 +278,7 @@ def test_cmu_claim_decision_on_the_ack_topic_flows_back_as_one_canonical_event(
     finally:
         for a in intake:
             a.close()
+        producer.close()
     with Session(jokko.engine) as s:
         after = s.get_one(OutboxRow, row.id)
     assert after.state == DeliveryState.ACCEPTED
