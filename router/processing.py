@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Executable,
     Select,
     String,
     Table,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -106,6 +108,16 @@ _PG_CLAIM = (
     f"INSERT INTO inbox ({_INBOX_NAMES}) SELECT {_INBOX_NAMES} FROM {_STAGE} "
     "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
 )
+# PostgreSQL: each (institution, member)'s last sequence number by one backward step on
+# uq_outbox_member_seq, instead of reading every row of the member's history to take a max.
+_PG_SEQS = text(
+    "SELECT i.institution, m.member_id, s.seq"
+    " FROM unnest(CAST(:members AS varchar[])) AS m(member_id)"
+    " CROSS JOIN unnest(CAST(:institutions AS varchar[])) AS i(institution)"
+    " CROSS JOIN LATERAL (SELECT o.member_seq AS seq FROM outbox AS o"
+    " WHERE o.institution = i.institution AND o.member_id = m.member_id"
+    " ORDER BY o.member_seq DESC LIMIT 1) AS s"
+)
 _PENDING = DeliveryState.PENDING.value
 _RECEIVED, _ROUTED, _QUEUED = Stage.RECEIVED.value, Stage.ROUTED.value, Stage.QUEUED.value
 
@@ -185,8 +197,10 @@ class Processor:
             return column == members if self._postgres else column.in_(members)
 
         self._profiles_stmt: Select[Any] = select(PROFILE).where(of_members(PROFILE.c.member_id))
-        self._seqs_stmt: Select[Any] = (
-            select(OUTBOX.c.institution, OUTBOX.c.member_id, func.max(OUTBOX.c.member_seq))
+        self._seqs_stmt: Executable = (
+            _PG_SEQS.bindparams(institutions=[i.value for i in Institution])
+            if self._postgres
+            else select(OUTBOX.c.institution, OUTBOX.c.member_id, func.max(OUTBOX.c.member_seq))
             .where(of_members(OUTBOX.c.member_id))
             .group_by(OUTBOX.c.institution, OUTBOX.c.member_id)
         )
