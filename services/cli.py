@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
+from adapters.base import Institution
 from schemas.errors import JokkoError
 from services.bootstrap import Jokko, bootstrap, stop_on_signals
 from services.settings import load_settings
+
+if TYPE_CHECKING:
+    from services.api.security import Authority
 
 app = typer.Typer(no_args_is_help=True, help="Jokko: the RSPC interoperability middleware.")
 schema_app = typer.Typer(no_args_is_help=True, help="Canonical event schemas.")
@@ -94,3 +99,94 @@ def demo(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     raise typer.Exit(0 if ok else 1)
+
+
+clients_app = typer.Typer(no_args_is_help=True, help="API clients (OAuth2 client credentials).")
+keys_app = typer.Typer(no_args_is_help=True, help="Keys signing the API's access tokens.")
+app.add_typer(clients_app, name="clients")
+app.add_typer(keys_app, name="keys")
+
+
+def _authority() -> Authority:
+    """The database only: client and key changes must work while Kafka is down."""
+    from services.api.security import Authority
+
+    try:
+        return Authority(bootstrap(load_settings(), kafka=False).engine)
+    except JokkoError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _actor() -> str:
+    """The operating-system user, so the audit log says who ran the command."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli"
+
+
+@clients_app.command("add")
+def clients_add(
+    client_id: Annotated[str, typer.Argument(help="Client id, e.g. css-prod.")],
+    scope: Annotated[
+        list[str], typer.Option("--scope", help="A scope to grant (repeat), e.g. acks:write.")
+    ],
+    institution: Annotated[
+        Institution | None,
+        typer.Option(help="The institution this client acts for: it sees only its records."),
+    ] = None,
+    description: Annotated[str, typer.Option(help="Who holds it, what for.")] = "",
+) -> None:
+    """Register a client and print its secret, once: only a hash is stored."""
+    from services.api.security import ClientAdminError
+
+    try:
+        secret = _authority().add_client(
+            client_id, scope, institution=institution, description=description, actor=_actor()
+        )
+    except ClientAdminError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    typer.echo(f"client_id: {client_id}")
+    typer.echo(f"client_secret: {secret}")
+    Console(stderr=True).print("The secret is shown this once: hand it over securely now.")
+
+
+@clients_app.command("revoke")
+def clients_revoke(client_id: Annotated[str, typer.Argument(help="Client id.")]) -> None:
+    """Refuse the client's secret and every token it holds (within seconds on every API)."""
+    from services.api.security import ClientAdminError
+
+    try:
+        _authority().revoke_client(client_id, actor=_actor())
+    except ClientAdminError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    Console().print(f"revoked {client_id}")
+
+
+@clients_app.command("list")
+def clients_list() -> None:
+    """Clients, their scopes and status (never their secrets)."""
+    table = Table("client", "institution", "scopes", "created", "status", "description")
+    for c in _authority().clients():
+        status = f"revoked {c.revoked_at:%Y-%m-%d %H:%M}" if c.revoked_at else "active"
+        table.add_row(
+            c.client_id,
+            c.institution.value if c.institution else "-",
+            " ".join(c.scopes),
+            f"{c.created_at:%Y-%m-%d %H:%M}",
+            status,
+            c.description,
+        )
+    Console(width=200).print(table)
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """New signing key; the old one verifies its tokens until they expire, then leaves the JWKS."""
+    kid = _authority().rotate(actor=_actor())
+    Console().print(f"new signing key {kid}")

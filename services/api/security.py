@@ -527,6 +527,7 @@ class Authority:
     def _create_key(self, *, actor: str, retire: bool) -> str:
         now = self._now()
         row = _new_key_row(now)
+        kid = row.kid
         with Session(self.engine) as session, session.begin():
             if retire:
                 session.execute(
@@ -536,9 +537,9 @@ class Authority:
                 )
             session.add(row)
             action = "key.rotate" if retire else "key.create"
-            session.add(self._audit_row(actor, action, row.kid, None))
+            session.add(self._audit_row(actor, action, kid, None))
         self._refresh_keys()
-        return row.kid
+        return kid
 
     def rotate(self, *, actor: str = "cli") -> str:
         """A new signing key; the old one stays in the JWKS until its last token expires."""
