@@ -62,7 +62,9 @@ class _DroppingH11Protocol(H11Protocol):
 
 
 @contextmanager
-def serve(app: ASGIApp, *, startup_timeout_s: float = 10.0) -> Iterator[str]:
+def serve(
+    app: ASGIApp, *, startup_timeout_s: float = 10.0, lifespan: bool = False
+) -> Iterator[str]:
     """``http://127.0.0.1:<port>`` while ``app`` is served; stopped and joined on exit."""
     config = uvicorn.Config(
         app,
@@ -70,7 +72,7 @@ def serve(app: ASGIApp, *, startup_timeout_s: float = 10.0) -> Iterator[str]:
         port=0,
         http=_DroppingH11Protocol,
         ws="none",
-        lifespan="off",
+        lifespan="on" if lifespan else "off",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=3,  # a request still waiting on latency_s is cut

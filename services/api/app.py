@@ -1,0 +1,121 @@
+"""The FastAPI application: built from a bootstrapped ``Jokko`` (the composition root), never at
+import time, so tests and ``jokko api`` run the same app with their own settings."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from kafka import KafkaProducer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from router.broker import idempotent_producer
+from services.api import openapi, problems
+from services.api.routes import dead_letters, deliveries, events, health, msnas
+from services.api.routes.health import Metrics
+from services.api.security import Authority, RateLimiter, security_router
+from services.bootstrap import Jokko
+
+API_VERSION = "1.0.0"
+MAX_BODY_BYTES = 5 * 1024 * 1024
+"""A month-end CSV export of a regional unit fits; anything larger is refused before reading."""
+
+
+class BodyLimit:
+    """Refuses bodies over the limit with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _too_large(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    response = problems.problem(413, "Request too large", f"at most {MAX_BODY_BYTES} bytes")
+    await response(scope, receive, send)
+
+
+def create_app(
+    jokko: Jokko,
+    *,
+    producer: KafkaProducer | None = None,
+    authority: Authority | None = None,
+    rate_limiter: RateLimiter | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = producer is None
+        app.state.producer = producer or idempotent_producer(
+            jokko.settings.kafka_bootstrap, client_id="jokko-api", max_block_s=10
+        )
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.producer.close()
+
+    app = FastAPI(
+        title="Jokko",
+        version=API_VERSION,
+        summary="Interoperability middleware of Senegal's RSPC: MSNAS → CMU, CSS, IPRES.",
+        description=(
+            "Submit canonical events, follow each one to every institution, collect "
+            "acknowledgements, manage dead letters. OAuth2 client credentials; errors are "
+            "`application/problem+json` (RFC 9457)."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.jokko = jokko
+    app.state.authority = authority or Authority(jokko.engine)
+    app.state.rate_limiter = rate_limiter
+    app.state.metrics = Metrics(jokko)
+    problems.install(app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+
+    @app.middleware("http")
+    async def timing(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        app.state.metrics.request_seconds.labels(path, request.method).observe(
+            time.perf_counter() - start
+        )
+        return response
+
+    app.include_router(security_router())
+    for module in (events, deliveries, dead_letters, msnas, health):
+        app.include_router(module.router)
+    openapi.install(app)
+    return app

@@ -1,0 +1,156 @@
+"""Errors as ``application/problem+json`` (RFC 9457), with field-level detail for bad input.
+
+Bodies never carry a stack trace or the offending values (they may be a member's name, NIN or
+phone number): a location and a reason are enough to fix a request.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adapters.base import WireFormatError
+from schemas.errors import FieldError, InvalidEvent, JokkoError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+_TYPES = "https://jokko.sn/problems/"
+
+
+class FieldProblem(BaseModel):
+    loc: str = Field(description="Where in the request: a dotted path (body.payload.amount).")
+    code: str = Field(description="Machine-readable reason, e.g. string_pattern_mismatch.")
+    msg: str = Field(description="Human-readable reason, without the offending value.")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = Field(default="about:blank", description="A URI identifying the problem type.")
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[FieldProblem] | None = Field(
+        default=None, description="One entry per invalid field, for validation problems."
+    )
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    kind: str | None = None,
+    errors: list[FieldProblem] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = Problem(
+        type=f"{_TYPES}{kind}" if kind else "about:blank",
+        title=title,
+        status=status,
+        detail=detail,
+        errors=errors,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def field_problems(
+    errors: tuple[FieldError, ...] | list[FieldError], prefix: str
+) -> list[FieldProblem]:
+    return [
+        FieldProblem(loc=".".join(p for p in (prefix, e.loc) if p), code=e.type, msg=e.message)
+        for e in errors
+    ]
+
+
+def _validation(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        FieldProblem(
+            loc=".".join(str(p) for p in err.get("loc", ())),
+            code=str(err.get("type", "invalid")),
+            msg=str(err.get("msg", "invalid")),
+        )
+        for err in exc.errors()
+    ]
+    return problem(422, "Invalid request", kind="validation", errors=errors)
+
+
+def _http(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    title = {
+        400: "Bad request",
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not found",
+        405: "Method not allowed",
+        409: "Conflict",
+        413: "Request too large",
+        415: "Unsupported media type",
+        422: "Invalid request",
+        429: "Too many requests",
+        503: "Service unavailable",
+    }.get(exc.status_code, "Error")
+    return problem(exc.status_code, title, detail, headers=dict(exc.headers or {}))
+
+
+def _invalid_event(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InvalidEvent)
+    return problem(
+        422,
+        "Invalid event",
+        "the event does not conform to the canonical schema",
+        kind="invalid-event",
+        errors=field_problems(exc.errors, "body"),
+    )
+
+
+def _wire_format(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, WireFormatError)
+    return problem(
+        422,
+        "Malformed document",
+        f"the {exc.institution} document does not conform to its format",
+        kind="wire-format",
+        errors=field_problems(exc.errors, "body"),
+    )
+
+
+def _jokko(_request: Request, exc: Exception) -> JSONResponse:
+    status: int = getattr(exc, "status", 422)
+    return problem(status, type(exc).__name__, str(exc), kind="jokko-error")
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Logged with the exception type and route only: the message may hold personal data.
+    log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return problem(500, "Internal error", "the error was logged; nothing was half-applied")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(InvalidEvent, _invalid_event)
+    app.add_exception_handler(WireFormatError, _wire_format)
+    app.add_exception_handler(JokkoError, _jokko)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": title}
+    for status, title in ((401, "Unauthorized"), (403, "Forbidden"), (422, "Invalid request"))
+}

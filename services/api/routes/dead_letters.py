@@ -1,0 +1,137 @@
+"""Dead letters for operators: list, inspect, replay, discard with a reason. Every replay and
+discard is written to the audit log with who did it."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from router.replay import replay
+from router.store import AuditRow, DeadLetterRow, utcnow
+from services.api import pagination
+from services.api.deps import JokkoDep, SessionDep
+from services.api.problems import PROBLEM_RESPONSES
+from services.api.security import Principal, Scope, require
+
+router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"], responses=PROBLEM_RESPONSES)
+
+Operator = Annotated[Principal, require(Scope.DEAD_LETTERS)]
+
+
+class DeadLetter(BaseModel):
+    id: int
+    source: str
+    reason: str
+    detail: str
+    event_id: str | None
+    message_id: str | None
+    institution: str | None
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    attempts: int
+    created_at: datetime
+    published_at: datetime | None
+    replayed_at: datetime | None
+    discarded_at: datetime | None
+
+
+class DeadLetterDetail(DeadLetter):
+    original_base64: str = Field(description="The record or message exactly as it failed.")
+
+
+class Discard(BaseModel):
+    reason: str = Field(min_length=3, max_length=500)
+
+
+class ReplayResult(BaseModel):
+    id: int
+    outcome: str
+
+
+def _one(session: SessionDep, dead_letter_id: int) -> DeadLetterRow:
+    row = session.get(DeadLetterRow, dead_letter_id)
+    if row is None:
+        raise HTTPException(404, "no such dead letter")
+    return row
+
+
+@router.get("", response_model=pagination.Page[DeadLetter])
+def list_dead_letters(
+    session: SessionDep,
+    _operator: Operator,
+    reason: Annotated[str | None, Query(max_length=64)] = None,
+    open_only: Annotated[bool, Query(description="Neither replayed nor discarded.")] = True,
+    cursor: pagination.Cursor = None,
+    limit: pagination.Limit = 100,
+) -> pagination.Page[DeadLetter]:
+    query = select(DeadLetterRow).where(DeadLetterRow.id > pagination.decode(cursor))
+    if reason is not None:
+        query = query.where(DeadLetterRow.reason == reason)
+    if open_only:
+        query = query.where(
+            DeadLetterRow.replayed_at.is_(None), DeadLetterRow.discarded_at.is_(None)
+        )
+    rows = session.scalars(query.order_by(DeadLetterRow.id).limit(limit + 1)).all()
+    page = rows[:limit]
+    return pagination.Page[DeadLetter](
+        items=[DeadLetter.model_validate(r, from_attributes=True) for r in page],
+        next_cursor=pagination.encode(page[-1].id) if len(rows) > limit else None,
+    )
+
+
+@router.get("/{dead_letter_id}", response_model=DeadLetterDetail)
+def inspect_dead_letter(
+    dead_letter_id: int, session: SessionDep, _operator: Operator
+) -> DeadLetterDetail:
+    row = _one(session, dead_letter_id)
+    base = DeadLetter.model_validate(row, from_attributes=True)
+    return DeadLetterDetail(
+        **base.model_dump(), original_base64=base64.b64encode(row.original).decode()
+    )
+
+
+@router.post("/{dead_letter_id}/replay", response_model=ReplayResult)
+def replay_dead_letter(
+    dead_letter_id: int, session: SessionDep, jokko: JokkoDep, operator: Operator
+) -> ReplayResult:
+    _one(session, dead_letter_id)
+    outcome = replay(jokko.engine, jokko.processor(), [dead_letter_id])[dead_letter_id]
+    if outcome == "discarded":
+        raise HTTPException(409, "this dead letter was discarded")
+    jokko_audit(jokko, operator, "dead_letter.replay", dead_letter_id, outcome)
+    return ReplayResult(id=dead_letter_id, outcome=outcome)
+
+
+@router.post("/{dead_letter_id}/discard", response_model=DeadLetter)
+def discard_dead_letter(
+    dead_letter_id: int, body: Discard, session: SessionDep, jokko: JokkoDep, operator: Operator
+) -> DeadLetter:
+    row = _one(session, dead_letter_id)
+    if row.discarded_at is None:
+        row.discarded_at = utcnow()
+        row.detail = f"{row.detail} | discarded: {body.reason}"
+        session.commit()
+        jokko_audit(jokko, operator, "dead_letter.discard", dead_letter_id, body.reason)
+    return DeadLetter.model_validate(row, from_attributes=True)
+
+
+def jokko_audit(
+    jokko: JokkoDep, who: Principal, action: str, target: int, detail: str | None
+) -> None:
+    with Session(jokko.engine) as session, session.begin():
+        session.add(
+            AuditRow(
+                actor=who.client_id,
+                action=action,
+                target=f"dead_letter:{target}",
+                detail=detail,
+                at=utcnow(),
+            )
+        )

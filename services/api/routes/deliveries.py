@@ -1,0 +1,145 @@
+"""Deliveries (one per message and institution) and the acknowledgements institutions post.
+
+An institution's client sees only its own: another institution's records answer 404, exactly
+as if they did not exist, so their existence does not leak.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from adapters.base import Institution
+from router.acks import apply_acks
+from router.canonical import publish_events
+from router.store import DeliveryState, OutboxRow
+from services.api import pagination
+from services.api.deps import JokkoDep, ProducerDep, SessionDep
+from services.api.problems import PROBLEM_RESPONSES
+from services.api.security import Principal, Scope, require
+
+router = APIRouter(tags=["deliveries"], responses=PROBLEM_RESPONSES)
+
+
+class Delivery(BaseModel):
+    message_id: str
+    event_id: str
+    institution: Institution
+    member_id: str
+    member_seq: int
+    kind: str
+    content_type: str
+    state: DeliveryState
+    attempts: int
+    reason_code: str | None
+    reason_text: str | None
+    institution_ref: str | None
+    batch_ref: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    acked_at: datetime | None
+    next_attempt_at: datetime | None
+
+    @classmethod
+    def of(cls, row: OutboxRow) -> Delivery:
+        return cls.model_validate(row, from_attributes=True)
+
+
+class AckResult(BaseModel):
+    applied: int
+    duplicates: int
+    anomalies: dict[str, int]
+
+
+def _not_found() -> HTTPException:
+    return HTTPException(404, "no such delivery")
+
+
+@router.get("/v1/deliveries", response_model=pagination.Page[Delivery])
+def list_deliveries(
+    session: SessionDep,
+    principal: Annotated[Principal, require(Scope.DELIVERIES_READ)],
+    institution: Annotated[Institution | None, Query()] = None,
+    state: Annotated[DeliveryState | None, Query()] = None,
+    member_id: Annotated[str | None, Query(max_length=64)] = None,
+    since: Annotated[datetime | None, Query(description="Created at or after.")] = None,
+    until: Annotated[datetime | None, Query(description="Created before.")] = None,
+    cursor: pagination.Cursor = None,
+    limit: pagination.Limit = 100,
+) -> pagination.Page[Delivery]:
+    if principal.institution is not None:
+        if institution is not None and institution != principal.institution:
+            raise _not_found()
+        institution = principal.institution
+    query = select(OutboxRow).where(OutboxRow.id > pagination.decode(cursor))
+    if institution is not None:
+        query = query.where(OutboxRow.institution == institution.value)
+    if state is not None:
+        query = query.where(OutboxRow.state == state.value)
+    if member_id is not None:
+        query = query.where(OutboxRow.member_id == member_id)
+    if since is not None:
+        query = query.where(OutboxRow.created_at >= since)
+    if until is not None:
+        query = query.where(OutboxRow.created_at < until)
+    rows = session.scalars(query.order_by(OutboxRow.id).limit(limit + 1)).all()
+    page = rows[:limit]
+    return pagination.Page[Delivery](
+        items=[Delivery.of(r) for r in page],
+        next_cursor=pagination.encode(page[-1].id) if len(rows) > limit else None,
+    )
+
+
+@router.get("/v1/deliveries/{message_id}", response_model=Delivery)
+def get_delivery(
+    message_id: Annotated[str, Path(max_length=36)],
+    session: SessionDep,
+    principal: Annotated[Principal, require(Scope.DELIVERIES_READ)],
+) -> Delivery:
+    row = session.scalars(select(OutboxRow).where(OutboxRow.message_id == message_id)).first()
+    if row is None or not principal.may_see(row.institution):
+        raise _not_found()
+    return Delivery.of(row)
+
+
+@router.post(
+    "/v1/acks/{institution}",
+    response_model=AckResult,
+    summary="Acknowledgements in the institution's own format",
+    description=(
+        "CMU: a FHIR transaction-response Bundle, OperationOutcome, ClaimResponse or "
+        "batch-response (application/fhir+json). CSS: an Acknowledgement document "
+        "(application/xml). IPRES: an acknowledgement file (text/plain)."
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/fhir+json": {"schema": {"type": "object"}},
+                "application/xml": {"schema": {"type": "string"}},
+                "text/plain": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def post_acks(
+    institution: Institution,
+    request: Request,
+    jokko: JokkoDep,
+    producer: ProducerDep,
+    principal: Annotated[Principal, require(Scope.ACKS_WRITE)],
+) -> AckResult:
+    if not principal.may_see(institution):
+        raise HTTPException(404, "no such institution endpoint")
+    body = await request.body()
+    acks = jokko.adapters[institution].parse_ack(body)  # MalformedAck → 422, located
+    report = apply_acks(jokko.engine, institution, acks, channel="api")
+    if report.adjudications:
+        publish_events(producer, jokko.topics.canonical, report.adjudications)
+    return AckResult(
+        applied=report.applied, duplicates=report.duplicates, anomalies=dict(report.anomalies)
+    )

@@ -1,0 +1,248 @@
+"""Submitting canonical events, and reading an event's status trail.
+
+An event is accepted (202) only once it is on the canonical topic with ``acks=all``: from then
+on the router's guarantees hold. The body is validated against the canonical schema first, so
+a bad event is a field-level 422 and never reaches the topic.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, HTTPException, Path, Request
+from fastapi.responses import JSONResponse, Response
+from kafka.errors import KafkaError
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from router.canonical import publish_events
+from router.store import InboxRow, TrailRow
+from schemas import CanonicalEvent, InvalidEvent, parse_event
+from services.api import idempotency
+from services.api.deps import JokkoDep, ProducerDep, SessionDep
+from services.api.problems import PROBLEM_RESPONSES, FieldProblem, field_problems
+from services.api.security import Principal, Scope, require
+
+router = APIRouter(prefix="/v1/events", tags=["events"], responses=PROBLEM_RESPONSES)
+
+MAX_BATCH = 1000
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Retry-safe submission: the same key and body get the same answer.",
+    ),
+]
+EVENT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "https://jokko.sn/schemas/v1/event.json"},
+            }
+        },
+    }
+}
+
+
+class Accepted(BaseModel):
+    event_id: str
+    event_type: str
+    status: Literal["accepted"] = "accepted"
+    partition: int
+    offset: int
+
+
+class ItemResult(BaseModel):
+    index: int
+    status: Literal["accepted", "invalid"]
+    event_id: str | None = None
+    errors: list[FieldProblem] | None = None
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    invalid: int
+    items: list[ItemResult]
+
+
+class TrailStep(BaseModel):
+    stage: str
+    at: datetime
+    institution: str | None = None
+    message_id: str | None = None
+    detail: str | None = None
+
+
+class EventStatus(BaseModel):
+    event_id: str
+    event_type: str
+    member_id: str
+    recorded_at: datetime
+    received_at: datetime
+    destinations: list[str]
+    trail: list[TrailStep]
+
+
+def _publish(producer: ProducerDep, topic: str, events: list[CanonicalEvent]) -> list[Any]:
+    try:
+        return publish_events(producer, topic, events, timeout_s=10)
+    except KafkaError as exc:
+        raise HTTPException(
+            503, "the event stream is unavailable; nothing was accepted, retry later"
+        ) from exc
+
+
+def _idempotent(
+    request_body: bytes,
+    key: str | None,
+    principal: Principal,
+    jokko: JokkoDep,
+    compute: Any,
+) -> Response:
+    """Answer from the stored first answer for this key, or compute and store it."""
+    if key is None:
+        status, payload = compute()
+        return JSONResponse(payload, status_code=status)
+    idempotency.check_key(key)
+    digest = idempotency.body_hash(request_body)
+    stored = idempotency.lookup(jokko.engine, principal.client_id, key, digest)
+    if stored is None:
+        status, payload = compute()
+        stored = idempotency.remember(
+            jokko.engine,
+            principal.client_id,
+            key,
+            digest,
+            idempotency.StoredAnswer(status, json.dumps(payload).encode()),
+        )
+        replayed = "false"
+    else:
+        replayed = "true"
+    return Response(
+        stored.body,
+        status_code=stored.status_code,
+        media_type="application/json",
+        headers={"Idempotent-Replayed": replayed},
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=Accepted,
+    openapi_extra=EVENT_BODY,
+    summary="Submit one canonical event",
+)
+async def submit_event(
+    request: Request,
+    jokko: JokkoDep,
+    producer: ProducerDep,
+    principal: Annotated[Principal, require(Scope.EVENTS_SUBMIT)],
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    body = await request.body()
+
+    def compute() -> tuple[int, dict[str, Any]]:
+        event = parse_event(body)  # InvalidEvent → 422 with the fields
+        [published] = _publish(producer, jokko.topics.canonical, [event])
+        return 202, Accepted(
+            event_id=str(event.event_id),
+            event_type=event.event_type,
+            partition=published.partition,
+            offset=published.offset,
+        ).model_dump()
+
+    return _idempotent(body, idempotency_key, principal, jokko, compute)
+
+
+@router.post(
+    "/batch",
+    status_code=202,
+    response_model=BatchResult,
+    summary="Submit up to 1,000 events; each item gets its own result",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "array",
+                        "maxItems": MAX_BATCH,
+                        "items": {"$ref": "https://jokko.sn/schemas/v1/event.json"},
+                    }
+                }
+            },
+        }
+    },
+)
+async def submit_batch(
+    request: Request,
+    jokko: JokkoDep,
+    producer: ProducerDep,
+    principal: Annotated[Principal, require(Scope.EVENTS_SUBMIT)],
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    body = await request.body()
+    try:
+        items = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPException(400, "the body is not JSON") from None
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise HTTPException(400, f"the body must be a JSON array of 1 to {MAX_BATCH} events")
+
+    def compute() -> tuple[int, dict[str, Any]]:
+        results: list[ItemResult] = []
+        good: list[CanonicalEvent] = []
+        for i, item in enumerate(items):
+            try:
+                event = parse_event(item)
+            except InvalidEvent as exc:
+                results.append(
+                    ItemResult(index=i, status="invalid", errors=field_problems(exc.errors, ""))
+                )
+                continue
+            good.append(event)
+            results.append(ItemResult(index=i, status="accepted", event_id=str(event.event_id)))
+        if good:
+            _publish(producer, jokko.topics.canonical, good)
+        result = BatchResult(accepted=len(good), invalid=len(items) - len(good), items=results)
+        return (202 if good else 422), result.model_dump(exclude_none=True)
+
+    return _idempotent(body, idempotency_key, principal, jokko, compute)
+
+
+@router.get("/{event_id}", response_model=EventStatus, summary="An event's status trail")
+def event_status(
+    event_id: Annotated[str, Path(max_length=36)],
+    session: SessionDep,
+    principal: Annotated[Principal, require(Scope.EVENTS_READ)],
+) -> EventStatus:
+    inbox = session.get(InboxRow, event_id)
+    if inbox is None:
+        raise HTTPException(404, "no event with this id has been routed (yet)")
+    steps = session.scalars(
+        select(TrailRow).where(TrailRow.event_id == event_id).order_by(TrailRow.id)
+    ).all()
+    return EventStatus(
+        event_id=inbox.event_id,
+        event_type=inbox.event_type,
+        member_id=inbox.member_id,
+        recorded_at=inbox.recorded_at,
+        received_at=inbox.received_at,
+        destinations=[d for d in inbox.destinations.split(",") if d],
+        trail=[
+            TrailStep(
+                stage=t.stage,
+                at=t.at,
+                institution=t.institution,
+                message_id=t.message_id,
+                detail=t.detail,
+            )
+            for t in steps
+            if t.institution is None or principal.may_see(t.institution)
+        ],
+    )

@@ -1,0 +1,87 @@
+"""The mutual's own formats in: the mobile agents' webhook and CSV bulk exports.
+
+Good records become canonical events on the topic; bad ones come back as a row-level report
+(row, field, reason — never the value). A bad record never costs the good ones.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel
+
+from adapters.msnas import CSV_KINDS, parse_csv, parse_webhook
+from adapters.msnas.report import ImportReport
+from services.api.deps import JokkoDep, ProducerDep
+from services.api.problems import PROBLEM_RESPONSES
+from services.api.routes.events import _publish
+from services.api.security import Principal, Scope, require
+
+router = APIRouter(prefix="/v1/msnas", tags=["msnas"], responses=PROBLEM_RESPONSES)
+
+
+class RowProblem(BaseModel):
+    row: int
+    field: str
+    code: str
+    msg: str
+
+
+class ImportResult(BaseModel):
+    accepted: int
+    rejected_rows: int
+    event_ids: list[str]
+    errors: list[RowProblem]
+
+
+def _submit(report: ImportReport, jokko: JokkoDep, producer: ProducerDep) -> ImportResult:
+    if report.events:
+        _publish(producer, jokko.topics.canonical, list(report.events))
+    return ImportResult(
+        accepted=len(report.events),
+        rejected_rows=len({e.row for e in report.errors}),
+        event_ids=[str(e.event_id) for e in report.events],
+        errors=[
+            RowProblem(row=e.row, field=e.field, code=e.type, msg=e.message) for e in report.errors
+        ],
+    )
+
+
+@router.post(
+    "/webhook",
+    response_model=ImportResult,
+    status_code=202,
+    summary="Records from the mobile agents (one object or a list)",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}
+    },
+)
+async def webhook(
+    request: Request,
+    jokko: JokkoDep,
+    producer: ProducerDep,
+    _mutual: Annotated[Principal, require(Scope.EVENTS_SUBMIT)],
+) -> ImportResult:
+    return _submit(parse_webhook(await request.body()), jokko, producer)
+
+
+@router.post(
+    "/csv/{kind}",
+    response_model=ImportResult,
+    status_code=202,
+    summary="A CSV export (see adapters/msnas/FORMAT.md for the kinds and columns)",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
+    },
+)
+async def csv_upload(
+    kind: str,
+    request: Request,
+    jokko: JokkoDep,
+    producer: ProducerDep,
+    _mutual: Annotated[Principal, require(Scope.EVENTS_SUBMIT)],
+) -> ImportResult:
+    if kind not in CSV_KINDS:
+        raise HTTPException(404, f"unknown export kind; known: {', '.join(sorted(CSV_KINDS))}")
+    return _submit(parse_csv(await request.body(), kind), jokko, producer)

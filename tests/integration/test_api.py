@@ -1,0 +1,293 @@
+"""The REST API on a real uvicorn server on 127.0.0.1, with the real broker and PostgreSQL:
+ingest with Idempotency-Key, status trails, deliveries and acks per institution (and nothing of
+another's), dead letters, health and metrics, problem+json errors."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from kafka import KafkaConsumer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from adapters.base import Institution
+from router.processing import RawRecord
+from router.store import AuditRow, DeadLetterRow, DeliveryState, OutboxRow
+from schemas import dump_event
+from schemas.examples import raw_examples
+from services.api.app import create_app
+from services.api.security import Scope
+from services.bootstrap import Jokko, bootstrap
+from services.settings import Settings
+from tests.factories import contributions, enrolments
+from tests.fakes.server import serve
+from tests.integration.test_router_flow import route_until_idle
+
+pytestmark = pytest.mark.integration
+
+PROBLEM = "application/problem+json"
+
+
+@dataclass
+class Api:
+    jokko: Jokko
+    url: str
+    tokens: dict[str, str]
+
+    def client(self, who: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.tokens[who]}"}, timeout=30
+        )
+
+
+CLIENTS: dict[str, tuple[list[Scope], Institution | None]] = {
+    "msnas": ([Scope.EVENTS_SUBMIT, Scope.EVENTS_READ], None),
+    "cmu": ([Scope.DELIVERIES_READ, Scope.ACKS_WRITE], Institution.CMU),
+    "css": ([Scope.DELIVERIES_READ, Scope.ACKS_WRITE], Institution.CSS),
+    "operator": (
+        [Scope.DEAD_LETTERS, Scope.DELIVERIES_READ, Scope.EVENTS_READ, Scope.RECONCILE],
+        None,
+    ),
+}
+
+
+@pytest.fixture
+def api(jokko_settings: Callable[..., Settings]) -> Iterator[Api]:
+    jokko = bootstrap(jokko_settings())
+    app = create_app(jokko, max_body_bytes=200_000)
+    authority = app.state.authority
+    secrets = {
+        name: authority.add_client(name, [s.value for s in scopes], institution=inst)
+        for name, (scopes, inst) in CLIENTS.items()
+    }
+    try:
+        with serve(app, lifespan=True) as url:
+            tokens = {}
+            for name, secret in secrets.items():
+                r = httpx.post(
+                    f"{url}/v1/oauth/token",
+                    data={"grant_type": "client_credentials"},
+                    auth=(name, secret),
+                )
+                assert r.status_code == 200, r.text
+                tokens[name] = r.json()["access_token"]
+            yield Api(jokko, url, tokens)
+    finally:
+        jokko.engine.dispose()
+
+
+def example(event_type: str) -> dict[str, object]:
+    doc = next(e for e in raw_examples() if e["event_type"] == event_type)
+    return {**doc, "event_id": str(uuid.uuid4())}
+
+
+def on_topic(api: Api) -> list[dict[str, object]]:
+    consumer = KafkaConsumer(
+        api.jokko.topics.canonical,
+        bootstrap_servers=api.jokko.settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
+    try:
+        return [json.loads(r.value) for r in consumer]
+    finally:
+        consumer.close()
+
+
+def test_idempotency_key_same_body_same_answer_other_body_conflict(api: Api) -> None:
+    event = example("contribution.paid")
+    with api.client("msnas") as c:
+        first = c.post("/v1/events", json=event, headers={"Idempotency-Key": "k-1"})
+        again = c.post("/v1/events", json=event, headers={"Idempotency-Key": "k-1"})
+        other = c.post(
+            "/v1/events",
+            json={**event, "event_id": str(uuid.uuid4())},
+            headers={"Idempotency-Key": "k-1"},
+        )
+    assert first.status_code == 202, first.text
+    assert again.status_code == 202
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert other.status_code == 409
+    assert other.headers["content-type"] == PROBLEM
+    assert [e["event_id"] for e in on_topic(api)] == [event["event_id"]], "published once"
+
+
+def test_invalid_event_is_a_field_level_problem_without_the_values(api: Api) -> None:
+    event = example("member.enrolled")
+    bad_nin = "12345"
+    event["payload"] = {**event["payload"], "nin": bad_nin, "region": "SN-XX"}  # type: ignore[dict-item]
+    with api.client("msnas") as c:
+        r = c.post("/v1/events", json=event)
+    assert r.status_code == 422
+    assert r.headers["content-type"] == PROBLEM
+    body = r.json()
+    locs = {e["loc"] for e in body["errors"]}
+    assert {"body.payload.nin", "body.payload.region"} <= locs
+    assert bad_nin not in r.text
+    assert "Traceback" not in r.text
+    assert on_topic(api) == [], "nothing invalid reaches the topic"
+
+
+def test_batch_gives_each_item_its_result(api: Api) -> None:
+    good = [example("contribution.paid"), example("claim.submitted")]
+    bad = {**example("contribution.paid"), "payload": {"amount": 12.5}}
+    with api.client("msnas") as c:
+        r = c.post("/v1/events/batch", json=[good[0], bad, good[1]])
+    assert r.status_code == 202
+    body = r.json()
+    assert (body["accepted"], body["invalid"]) == (2, 1)
+    assert [i["status"] for i in body["items"]] == ["accepted", "invalid", "accepted"]
+    assert body["items"][1]["errors"]
+    assert sorted(str(e["event_id"]) for e in on_topic(api)) == sorted(
+        str(g["event_id"]) for g in good
+    )
+
+
+def route(api: Api, events: list[object]) -> None:
+    api.jokko.processor().process_batch(
+        [RawRecord("canonical", 0, i, dump_event(e)) for i, e in enumerate(events)]  # type: ignore[arg-type]
+    )
+
+
+def test_status_trail_after_routing(api: Api) -> None:
+    event = example("contribution.paid")
+    with api.client("msnas") as c:
+        assert c.post("/v1/events", json=event).status_code == 202
+        assert c.get(f"/v1/events/{event['event_id']}").status_code == 404
+        router = api.jokko.router()
+        try:
+            route_until_idle(router, 1)
+        finally:
+            router.close()
+        r = c.get(f"/v1/events/{event['event_id']}")
+    assert r.status_code == 200, r.text
+    trail = r.json()
+    assert trail["destinations"] == ["cmu", "css", "ipres"]
+    stages = [s["stage"] for s in trail["trail"]]
+    assert stages[:2] == ["received", "routed"]
+    assert stages.count("queued") == 3
+
+
+def test_institutions_see_only_their_own_and_others_do_not_exist(api: Api) -> None:
+    route(api, [*enrolments(3), *contributions(3, 2)])
+    with Session(api.jokko.engine) as s:
+        cmu_id = s.scalars(
+            select(OutboxRow.message_id).where(OutboxRow.institution == "cmu")
+        ).first()
+        css_id = s.scalars(
+            select(OutboxRow.message_id).where(OutboxRow.institution == "css")
+        ).first()
+    with api.client("css") as css, api.client("cmu") as cmu:
+        mine = css.get("/v1/deliveries", params={"limit": 500}).json()["items"]
+        assert mine
+        assert {d["institution"] for d in mine} == {"css"}
+        assert css.get("/v1/deliveries", params={"institution": "cmu"}).status_code == 404
+        assert css.get(f"/v1/deliveries/{cmu_id}").status_code == 404
+        missing = css.get(f"/v1/deliveries/{uuid.uuid4()}")
+        assert missing.status_code == 404
+        assert css.get(f"/v1/deliveries/{cmu_id}").json()["detail"] == missing.json()["detail"]
+        assert cmu.get(f"/v1/deliveries/{cmu_id}").status_code == 200
+        assert css.post("/v1/acks/cmu", content=b"{}").status_code == 404
+        assert css.get("/v1/dead-letters").status_code == 403, "not an operator"
+        assert css.post("/v1/events", json=example("contribution.paid")).status_code == 403
+    assert css_id is not None
+
+
+def test_ack_posted_over_http_is_applied_once(api: Api) -> None:
+    route(api, [*enrolments(2), *contributions(2, 1)])
+    relay = api.jokko.relay(with_acks=False)
+    try:
+        while relay.relay_once():
+            pass  # published on the institutions' topics: sent, waiting for acks
+    finally:
+        relay.close()
+    with Session(api.jokko.engine) as s:
+        rows = list(s.scalars(select(OutboxRow).where(OutboxRow.institution == "css")))
+    receipts = "".join(
+        f'<Receipt messageId="{r.message_id}" status="accepted" fileNumber="CSS-AF-2026-{i:06d}"/>'
+        for i, r in enumerate(rows)
+    )
+    ack = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<Acknowledgement xmlns="urn:sn:css:jokko:v1" formatVersion="1" '
+        f'issuedAt="2026-06-03T10:00:00Z">{receipts}</Acknowledgement>'
+    ).encode()
+    with api.client("css") as css:
+        first = css.post("/v1/acks/css", content=ack, headers={"content-type": "application/xml"})
+        again = css.post("/v1/acks/css", content=ack, headers={"content-type": "application/xml"})
+        garbage = css.post("/v1/acks/css", content=b"<not-xml")
+    assert first.json() == {"applied": len(rows), "duplicates": 0, "anomalies": {}}
+    assert again.json() == {"applied": 0, "duplicates": len(rows), "anomalies": {}}
+    assert garbage.status_code == 422
+    assert garbage.headers["content-type"] == PROBLEM
+    with Session(api.jokko.engine) as s:
+        states = set(s.scalars(select(OutboxRow.state).where(OutboxRow.institution == "css")))
+    assert states == {DeliveryState.ACCEPTED}
+
+
+def test_cursor_pages_cover_everything_once(api: Api) -> None:
+    route(api, [*enrolments(4), *contributions(4, 3)])
+    seen: list[str] = []
+    cursor = None
+    with api.client("operator") as op:
+        while True:
+            params: dict[str, str | int] = {"limit": 7}
+            if cursor:
+                params["cursor"] = cursor
+            page = op.get("/v1/deliveries", params=params).json()
+            seen += [d["message_id"] for d in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert op.get("/v1/deliveries", params={"cursor": "%%%"}).status_code == 400
+    with Session(api.jokko.engine) as s:
+        everything = list(s.scalars(select(OutboxRow.message_id).order_by(OutboxRow.id)))
+    assert seen == everything
+
+
+def test_dead_letters_replay_and_discard_are_audited(api: Api) -> None:
+    api.jokko.processor().process_batch(
+        [RawRecord("canonical", 0, 1, b"not json"), RawRecord("canonical", 0, 2, b"{}")]
+    )
+    with api.client("operator") as op:
+        listed = op.get("/v1/dead-letters").json()["items"]
+        assert len(listed) == 2
+        first, second = listed[0]["id"], listed[1]["id"]
+        detail = op.get(f"/v1/dead-letters/{first}").json()
+        assert detail["original_base64"]
+        replayed = op.post(f"/v1/dead-letters/{first}/replay").json()
+        assert replayed == {"id": first, "outcome": "dead_lettered"}, "still poison"
+        discarded = op.post(f"/v1/dead-letters/{second}/discard", json={"reason": "test garbage"})
+        assert discarded.status_code == 200
+        assert discarded.json()["discarded_at"] is not None
+        assert op.post(f"/v1/dead-letters/{second}/replay").status_code == 409
+        assert [d["id"] for d in op.get("/v1/dead-letters").json()["items"]] == [first]
+        assert op.get("/v1/dead-letters/999999").status_code == 404
+    with Session(api.jokko.engine) as s:
+        audit = [(a.actor, a.action) for a in s.scalars(select(AuditRow).order_by(AuditRow.id))]
+        assert ("operator", "dead_letter.replay") in audit
+        assert ("operator", "dead_letter.discard") in audit
+        assert s.scalars(select(DeadLetterRow)).all()
+
+
+def test_health_readiness_metrics_and_limits(api: Api) -> None:
+    route(api, [*enrolments(2), *contributions(2, 1)])
+    assert httpx.get(f"{api.url}/healthz").json()["status"] == "ok"
+    ready = httpx.get(f"{api.url}/readyz")
+    assert ready.status_code == 200, ready.text
+    metrics = httpx.get(f"{api.url}/metrics").text
+    assert 'jokko_deliveries{institution="css",state="pending"}' in metrics
+    assert "jokko_router_consumer_lag" in metrics
+    with api.client("msnas") as c:
+        big = c.post("/v1/events", content=b"x" * 300_000)
+        assert big.status_code == 413
+        assert big.headers["content-type"] == PROBLEM
+    no_token = httpx.post(f"{api.url}/v1/events", json=example("contribution.paid"))
+    assert no_token.status_code == 401
+    assert no_token.headers["content-type"] == PROBLEM
