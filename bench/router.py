@@ -686,6 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         logs = Path(tmp) / "logs"
         bench_started = time.perf_counter()
+        load_before = os.getloadavg()[0]
 
         procs, split = processor_figures(infra, args.processor_events)
         figures += procs
@@ -799,14 +800,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             figure("kill_run_seconds", k.seconds, "s"),
             figure("kill_run_republished_copies", k.republished, "messages"),
         ]
-        log(f"bench ran {time.perf_counter() - bench_started:.0f} s (after infrastructure start)")
+        elapsed = time.perf_counter() - bench_started
+        load_after = os.getloadavg()[0]
+        log(f"bench ran {elapsed:.0f} s (after infrastructure start)")
 
     setup = (
         f"Workload: {load.contributions:,} `contribution.paid` events (each one message to CMU, "
         f"CSS and IPRES) after the {len(load.events) - load.contributions:,} enrolments of their "
         f"members, on a canonical topic of {PARTITIONS} partitions: {load.messages:,} outbound "
         f"messages. Everything runs on this machine at once: the Kafka broker (JVM), "
-        f"PostgreSQL, `jokko router` and `jokko relay` as separate processes. A rate counts "
+        f"PostgreSQL, `jokko router` and `jokko relay` as separate processes (1-minute load "
+        f"average {load_before:.1f} when the run started, {load_after:.1f} when it ended, "
+        f"{elapsed / 60:.1f} minutes). A rate counts "
         f"canonical events from the first inbox rows to the last outbox row marked published "
         f"(start-up and group join, {one.startup_s:.1f} s, apart); the peer consumes a batch, "
         f"produces it with acks=all, flushes and commits, with Jokko's client settings. "
@@ -825,31 +830,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"inbox: it published {relay_rate:,.0f} messages/s over the run and "
         f"{one.relay_alone:,.0f}/s once the router was idle, i.e. "
         f"{one.relay_alone / 3:,.0f} contribution events/s, so end to end the relay is the "
-        f"bound whenever that is below the router's rate. " + PROFILE_NOTES
+        f"bound whenever that is below the router's rate. Kafka I/O alone sets a ceiling "
+        f"too: kafka-python takes {1e6 / peer:,.0f} µs per event passed through and "
+        f"{1e6 / fan:,.0f} µs per event fanned out to three topics, so a 1 -> 3 fan-out "
+        f"reaches at most {fan / peer:.2f} of the passthrough before Jokko does any work of "
+        f"its own; Jokko reaches {one.rate / fan:.2f} of that fan-out. " + PROFILE_NOTES
     )
     write_record("router", figures, setup + "\n\n" + bounds)
     return 0 if k.exactly_once and k.kills >= args.kills else 1
 
 
 PROFILE_NOTES = (
-    "Profiles (py-spy at 100 Hz of the running processes, 14,000 contributions, 2 cores, "
-    "2026-11-28): `jokko router` spends 91% of its samples in `process_batch`: the three "
-    "adapters' `translate` 45% (CMU 21%: JSON + uuid5 message ids; CSS 15%: lxml; IPRES 9%), "
-    "`parse_event` 28% (pydantic-core; phone-number validation 10%, the allocation check "
-    "8%), waiting on PostgreSQL 6%, the COPY streams 5%; Kafka polling 3%. `jokko relay` "
-    "spends 36% in the SQLAlchemy ORM flush at commit (trail rows through ORM insertmanyvalues "
-    "19%, 13% of it psycopg re-parsing each multi-row statement; the per-row UPDATEs that "
-    "mark rows sent 9%), 15% in `KafkaProducer.send` and 14% in the producer's network "
-    "thread; before `crc32c` was installed kafka-python's pure-Python CRC32C took 20% of "
-    "the relay. What would move the figure: the relay writing a delivered batch the way the "
-    "router now writes one (one Core `UPDATE … WHERE id = ANY(…)` for the state, binary COPY "
-    "for the trail rows) would roughly halve its CPU per row; on the router side only "
-    "cheaper translation (CMU, CSS) and validation (phone numbers) are left, the store being "
-    "a small share since the batch is planned ahead and written with COPY; beyond that, more "
-    "cores: router processes scale with partitions, but on two cores shared with the "
-    "broker, PostgreSQL and the relay a second router only shortens the routing phase (see "
-    "1 vs 2 routers); and kafka-python itself, whose per-record cost caps a 1 -> 3 fan-out "
-    "near half the passthrough rate."
+    "The store's share of the router is PostgreSQL inserting, per event, one inbox row, three "
+    "outbox rows and five trail rows, in five statements and two COPY streams per batch of "
+    "500: the outbox rows dominate, and of their cost the seven secondary indexes of `outbox` "
+    "take ~50% and the foreign key to `inbox` ~30% (COPY of the same rows into a copy of the "
+    "table: 43 µs per event with the primary key only, 163 with all indexes, 232 with the "
+    "foreign key as well; 2026-11-28). Profiles (py-spy at 100 Hz of the running processes, "
+    "14,000 contributions; py-spy counts CPU, not time spent waiting on PostgreSQL): "
+    "`jokko router` spends 45% of its CPU in the adapters' `translate` (CMU 21%: JSON + "
+    "uuid5 message ids; CSS 15%: lxml; IPRES 9%), 28% in `parse_event` (pydantic-core; "
+    "phone-number validation 10%, the allocation check 8%), 5% formatting the COPY streams, "
+    "3% polling Kafka. `jokko relay` spends 36% in the SQLAlchemy ORM flush at commit "
+    "(trail rows through ORM insertmanyvalues 19%, 13% of it psycopg re-parsing each "
+    "multi-row statement; the per-row UPDATEs that mark rows sent 9%), 15% in "
+    "`KafkaProducer.send` and 14% in the producer's network thread; before `crc32c` was "
+    "installed, kafka-python's pure-Python CRC32C took 20% of the relay. What would move "
+    "the figure: the relay writing a delivered batch the way the router now writes one (one "
+    "Core `UPDATE … WHERE id = ANY(…)` for the state, binary COPY for the trail rows) would "
+    "take most of its database CPU away; fewer indexes on `outbox` (`ix_outbox_pending` and "
+    "`ix_outbox_claim` overlap, `ix_outbox_member` and `uq_outbox_member_seq` too; a partial "
+    "index on pending rows would stay small) would cut the router's store time; on the "
+    "router's CPU side only cheaper translation (CMU, CSS) and validation (phone numbers) "
+    "are left. Router processes scale with partitions, but on two cores shared with the "
+    "broker, PostgreSQL and the relay a second router only shortens the routing phase (1 vs "
+    "2 routers above); and kafka-python's per-record cost caps a 1 -> 3 fan-out near half "
+    "the passthrough rate, below the 0.4 target once any work is added."
 )
 
 
