@@ -59,7 +59,10 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CLIENT_CACHE_S = 5.0
 """How long a client's row is trusted by ``verify``: a revocation elsewhere bites within this."""
 _KEY_RELOAD_S = 1.0
-"""At most one reload per interval for an unknown ``kid``, so forged kids cannot flood the DB."""
+"""At most one key reload per interval on a miss (unknown ``kid``, JWKS request), so forged
+kids and anonymous JWKS requests cannot flood the database."""
+_KEY_REFRESH_S = 60.0
+"""Keys are reloaded at least this often anyway, to pick up other processes' rotations."""
 _IAT_SKEW_S = 60
 _MAX_TOKEN_CHARS = 4096
 _MAX_FORM_BYTES = 4096
@@ -467,7 +470,9 @@ class Authority:
             raise _invalid_token() from None
         now = self._clock()
         exp, iat, sub, scope = claims["exp"], claims["iat"], claims["sub"], claims["scope"]
-        if not all(isinstance(t, int | float) for t in (exp, iat)) or not isinstance(scope, str):
+        if not all(isinstance(t, int | float) for t in (exp, iat)):
+            raise _invalid_token()
+        if not isinstance(sub, str) or not isinstance(scope, str):
             raise _invalid_token()
         if now >= exp or iat > now + _IAT_SKEW_S:
             raise _invalid_token()
@@ -501,7 +506,8 @@ class Authority:
 
     def _verification_key(self, kid: str) -> _Key | None:
         key = self._keys.get(kid)
-        if key is None and self._clock() - self._keys_loaded_at >= _KEY_RELOAD_S:
+        age = self._clock() - self._keys_loaded_at
+        if age >= _KEY_REFRESH_S or (key is None and age >= _KEY_RELOAD_S):
             self._refresh_keys()
             key = self._keys.get(kid)
         return key if key is not None and self._live(key, self._clock()) else None
@@ -547,8 +553,9 @@ class Authority:
 
     def jwks(self) -> dict[str, Any]:
         """Public keys of the active and not yet expired retired keys, newest first."""
-        self._refresh_keys()
         now = self._clock()
+        if now - self._keys_loaded_at >= _KEY_RELOAD_S:
+            self._refresh_keys()
         live = sorted(
             (k for k in self._keys.values() if self._live(k, now)),
             key=lambda k: (-k.created_at, k.kid),

@@ -309,6 +309,15 @@ def test_rotation_keeps_old_tokens_valid_until_they_expire(
     authority.verify(authority.issue_token("ops", secret).access_token)
 
 
+def test_a_rotation_elsewhere_reaches_this_processs_jwks(engine: Engine, clock: Clock) -> None:
+    here, there = Authority(engine, clock=clock), Authority(engine, clock=clock)
+    here.issue_token("ops", here.add_client("ops", OPERATOR))
+    (first,) = here.jwks()["keys"]
+    clock.t += 1
+    second = there.rotate()
+    assert [k["kid"] for k in here.jwks()["keys"]] == [second, first["kid"]]
+
+
 def test_secrets_are_stored_only_as_hashes(authority: Authority, engine: Engine) -> None:
     secret = authority.add_client("msnas", [Scope.EVENTS_SUBMIT])
     with Session(engine) as s:
@@ -709,7 +718,7 @@ def test_cli_adds_lists_and_revokes_clients(
         rotated = runner.invoke(cli, ["keys", "rotate"])
         assert rotated.exit_code == 0
         kid = rotated.stdout.split()[-1]
-        assert authority.jwks()["keys"][0]["kid"] == kid
+        assert Authority(engine).jwks()["keys"][0]["kid"] == kid  # a process of its own
         actions = [a[1] for a in _audit(engine)]
         assert actions == ["client.add", "key.create", "client.revoke", "key.rotate"]
         actors = {action: actor for actor, action, *_ in _audit(engine)}
