@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install infra lint test test-unit demo schema bench clean
+.PHONY: install infra lint test test-unit demo schema contracts bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench: install infra
 
 schema: install
 	$(BIN)/jokko schema export
+
+# openapi/openapi.json and openapi/asyncapi.yaml (committed; tests fail when they drift).
+contracts: install
+	$(BIN)/jokko contracts export
 
 clean:
 	rm -rf $(VENV) .jokko .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -190,3 +190,21 @@ def keys_rotate() -> None:
     """New signing key; the old one verifies its tokens until they expire, then leaves the JWKS."""
     kid = _authority().rotate(actor=_actor())
     Console().print(f"new signing key {kid}")
+
+
+contracts_app = typer.Typer(no_args_is_help=True, help="API and stream contracts (openapi/).")
+app.add_typer(contracts_app, name="contracts")
+DEFAULT_CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "openapi"
+
+
+@contracts_app.command("export")
+def contracts_export(
+    out: Annotated[Path, typer.Option(help="Folder to write the contracts to.")] = (
+        DEFAULT_CONTRACTS_DIR
+    ),
+) -> None:
+    """Write openapi.json and asyncapi.yaml (committed, drift-checked); connects to nothing."""
+    from services.contracts import export_contracts
+
+    written = export_contracts(out)
+    Console().print(f"wrote {', '.join(p.name for p in written)} to {out}")

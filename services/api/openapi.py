@@ -1,0 +1,95 @@
+"""The OpenAPI document the app serves: FastAPI's, completed with what it cannot infer.
+
+* The canonical event's JSON Schema (``schemas/json/canonical-event.v1.json``) becomes
+  ``#/components/schemas/CanonicalEvent``, its ``$defs`` lifted beside it, and the routes'
+  reference to it (``CANONICAL_EVENT_URI``) is made local: the document is self-contained, so
+  clients and tools need nothing but it.
+* Error responses declared as ``application/problem+json`` carry the ``Problem`` schema under
+  that media type (FastAPI files a response's model under ``application/json`` only).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from fastapi import FastAPI
+
+from schemas.export import UNION_NAME, json_schemas
+from services.api.problems import PROBLEM_JSON
+
+CANONICAL_EVENT_URI = "https://jokko.sn/schemas/v1/event.json"
+"""How routes refer to the canonical event in ``openapi_extra`` request bodies."""
+CANONICAL_EVENT = "CanonicalEvent"
+_JSON = "application/json"
+
+
+def rewrite_refs(node: Any, old_prefix: str, new_prefix: str) -> Any:
+    """A copy of ``node`` whose ``$ref`` values and discriminator mappings starting with
+    ``old_prefix`` start with ``new_prefix`` instead."""
+    if isinstance(node, list):
+        return [rewrite_refs(v, old_prefix, new_prefix) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "$ref" and isinstance(value, str) and value.startswith(old_prefix):
+            out[key] = new_prefix + value[len(old_prefix) :]
+        elif key == "mapping" and isinstance(value, dict):
+            out[key] = {
+                k: new_prefix + v[len(old_prefix) :]
+                if isinstance(v, str) and v.startswith(old_prefix)
+                else v
+                for k, v in value.items()
+            }
+        else:
+            out[key] = rewrite_refs(value, old_prefix, new_prefix)
+    return out
+
+
+def canonical_event_schemas(ref_prefix: str) -> dict[str, dict[str, Any]]:
+    """The canonical event union and its definitions, by name, referring to each other as
+    ``<ref_prefix><Name>`` (``#/components/schemas/`` in OpenAPI and AsyncAPI)."""
+    union = copy.deepcopy(json_schemas()[UNION_NAME])
+    union.pop("$schema", None)
+    defs: dict[str, Any] = union.pop("$defs")
+    lifted = {CANONICAL_EVENT: union, **defs}
+    return {name: rewrite_refs(schema, "#/$defs/", ref_prefix) for name, schema in lifted.items()}
+
+
+def _add_schemas(doc: dict[str, Any], schemas: dict[str, dict[str, Any]]) -> None:
+    components = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in schemas.items():
+        if name in components and components[name] != schema:
+            raise ValueError(f"two different OpenAPI component schemas are named {name}")
+        components[name] = schema
+
+
+def _problem_media_types(doc: dict[str, Any]) -> None:
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                if PROBLEM_JSON in content and not content[PROBLEM_JSON].get("schema"):
+                    plain = content.pop(_JSON, {})
+                    content[PROBLEM_JSON] = {"schema": plain.get("schema", {})}
+
+
+def complete(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` completed (see the module's docstring)."""
+    doc = rewrite_refs(doc, CANONICAL_EVENT_URI, f"#/components/schemas/{CANONICAL_EVENT}")
+    _add_schemas(doc, canonical_event_schemas("#/components/schemas/"))
+    _problem_media_types(doc)
+    return doc
+
+
+def install(app: FastAPI) -> None:
+    """Serve (and cache) the completed document at ``/openapi.json``."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
