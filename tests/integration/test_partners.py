@@ -195,6 +195,8 @@ def test_three_modes_deliver_and_every_message_ends_accepted_or_rejected(
     for inst, fake in (("cmu", partners.cmu), ("css", partners.css), ("ipres", partners.ipres)):
         assert {m.message_id for m in fake.received} == {r.message_id for r in by_inst[inst]}
     assert {r.batch_ref for r in by_inst["ipres"]} <= {f.file_id for f in partners.ipres.files}
+    tally = Counter((r.institution, str(r.state)) for r in rows)
+    print(f"three modes: {dict(sorted(tally.items()))}")
 
 
 def test_css_flapping_30pc_with_1s_latency_is_isolated_and_bounded(
