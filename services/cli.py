@@ -69,6 +69,24 @@ def relay() -> None:
 
 
 @app.command()
+def api() -> None:
+    """Serve the REST API (JOKKO_API_HOST, JOKKO_API_PORT) until SIGTERM or Ctrl-C."""
+    import uvicorn
+
+    from services.api.app import create_app
+
+    _configure_logging()
+    jokko = _jokko()
+    uvicorn.run(
+        create_app(jokko),
+        host=jokko.settings.api_host,
+        port=jokko.settings.api_port,
+        log_config=None,
+        access_log=False,
+    )
+
+
+@app.command()
 def replay(
     dead_letter_ids: Annotated[list[int], typer.Argument(help="Dead-letter ids to re-drive.")],
 ) -> None:

@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     """Consecutive whole-batch failures that open an institution's circuit."""
     delivery_breaker_reset_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     """How long an open circuit waits before one message probes the institution."""
+    api_host: Annotated[str, Field(min_length=1, max_length=255)] = "127.0.0.1"
+    api_port: Annotated[int, Field(ge=1, le=65535)] = 8000
     cmu: PartnerSettings = PartnerSettings()
     css: PartnerSettings = PartnerSettings()
     ipres: PartnerSettings = PartnerSettings()

@@ -5,9 +5,15 @@ another's), dead letters, health and metrics, problem+json errors."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -26,11 +32,13 @@ from services.bootstrap import Jokko, bootstrap
 from services.settings import Settings
 from tests.factories import contributions, enrolments
 from tests.fakes.server import serve
+from tests.infra import free_port
 from tests.integration.test_router_flow import route_until_idle
 
 pytestmark = pytest.mark.integration
 
 PROBLEM = "application/problem+json"
+JOKKO = str(Path(sys.executable).parent / "jokko")
 
 
 @dataclass
@@ -291,3 +299,41 @@ def test_health_readiness_metrics_and_limits(api: Api) -> None:
     no_token = httpx.post(f"{api.url}/v1/events", json=example("contribution.paid"))
     assert no_token.status_code == 401
     assert no_token.headers["content-type"] == PROBLEM
+
+
+def test_jokko_api_command_serves_and_stops_on_sigterm(
+    jokko_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = jokko_settings(api_port=free_port())
+    env = {**os.environ, **settings_env(settings)}
+    with (tmp_path / "api.log").open("wb") as log:
+        proc = subprocess.Popen([JOKKO, "api"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{settings.api_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, (tmp_path / "api.log").read_text()
+            assert time.monotonic() < deadline, "the API did not become ready"
+            time.sleep(0.2)
+        assert httpx.get(f"{url}/v1/deliveries").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(20)
+    log_text = (tmp_path / "api.log").read_text()
+    # uvicorn shuts down cleanly, then re-raises the signal it caught (exit status -15)
+    assert code in (0, -signal.SIGTERM), log_text
+    assert "Application shutdown complete" in log_text
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The JOKKO_* variables that give a child process these settings."""
+    return {
+        f"JOKKO_{name.upper()}": str(value)
+        for name, value in settings.model_dump().items()
+        if isinstance(value, str | int | float) and not isinstance(value, bool)
+    }
