@@ -1,0 +1,209 @@
+"""Realistic reconciliation data with known discrepancies: the ledger a mutual would export and
+the three extracts the institutions would return, with missing, extra, mismatched and
+duplicated records injected at chosen positions. The truth comes back with the data, so a test
+can assert that every injected discrepancy is found and nothing else."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from adapters.cmu import extract as cmu_extract
+from adapters.css import extract as css_extract
+from adapters.extract import Rec, RecordKind
+from adapters.ipres import extract as ipres_extract
+from adapters.msnas.ledger import LedgerRow, header_line, ledger_line
+from schemas.types import Region
+from services.reconcile import INSTITUTIONS, Kind, expected_records
+
+TruthKey = tuple[str, str, str, str, str, str, str]
+"""(institution, record, kind, member_id, period, branch, ref)."""
+
+_REGIONS = sorted(r.value.removeprefix("SN-") for r in Region)
+_LINE = {"cmu": cmu_extract.extract_line, "css": css_extract.extract_line, "ipres": ipres_extract.extract_line}  # fmt: skip
+
+
+@dataclass
+class Generated:
+    truth: set[TruthKey] = field(default_factory=set)
+    members: int = 0
+    ledger_rows: int = 0
+    extract_lines: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INSTITUTIONS, 0))
+
+
+def periods(months: int, first: str = "2025-01") -> list[str]:
+    year, month = int(first[:4]), int(first[5:])
+    out = []
+    for _ in range(months):
+        out.append(f"{year:04d}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return out
+
+
+def member_ids(members: int) -> Iterator[str]:
+    """Ids spread over the 14 regions, produced in ascending order (as a ledger export is)."""
+    per = -(-members // len(_REGIONS))
+    n = 0
+    for region in _REGIONS:
+        for serial in range(1, per + 1):
+            if n == members:
+                return
+            n += 1
+            yield f"MSNAS-{region}-{serial:06d}"
+
+
+def ledger_rows(member_id: str, rng: random.Random, months: list[str]) -> list[LedgerRow]:
+    """One member's rows: enrolment, monthly mobile-money contributions, sometimes a claim."""
+    branches = ["health"]
+    branches += [b for b, p in (("family", 0.5), ("work_accident", 0.3), ("old_age", 0.4)) if rng.random() < p]  # fmt: skip
+    rows = [
+        LedgerRow(
+            "member",
+            member_id,
+            _event_id(rng),
+            package="complementary" if rng.random() < 0.3 else "base",
+            branches="+".join(branches),
+            status="active" if rng.random() < 0.95 else "suspended",
+            dependents=rng.randrange(5),
+        )
+    ]
+    for period in months:
+        health = 3_500 + 500 * rng.randrange(3)
+        family = 1_000 if "family" in branches else 0
+        work_accident = 500 if "work_accident" in branches else 0
+        old_age = 2_000 + 1_000 * rng.randrange(2) if "old_age" in branches else 0
+        total = health + family + work_accident + old_age
+        rows.append(
+            LedgerRow(
+                "contribution", member_id, _event_id(rng), period, health=health, family=family,
+                work_accident=work_accident, old_age=old_age, total=total,
+            )
+        )  # fmt: skip
+    if rng.random() < 0.05:
+        serial = int(member_id[-6:]) * 100 + _REGIONS.index(member_id.split("-")[1])
+        rows.append(
+            LedgerRow(
+                "claim", member_id, _event_id(rng), rng.choice(months),
+                claim_id=f"CLM-{months[0][:4]}-{serial:08d}", status="active",
+                total=1_000 * rng.randrange(5, 80),
+            )
+        )  # fmt: skip
+    return rows
+
+
+def _event_id(rng: random.Random) -> str:
+    return "%08x-%04x-4%03x-8%03x-%012x" % (  # noqa: UP031 - fast enough for millions
+        rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(12), rng.getrandbits(12),
+        rng.getrandbits(48),
+    )  # fmt: skip
+
+
+def _mismatch(rec: Rec) -> Rec:
+    if rec.kind == RecordKind.AFFILIATION:
+        if rec.institution == "cmu":
+            return rec._replace(package="base" if rec.package == "complementary" else "complementary")
+        return rec._replace(status="lapsed" if rec.status == "active" else "active")
+    return rec._replace(amount=rec.amount + 500)
+
+
+def _extra(rec: Rec) -> Rec:
+    """A record the ledger does not have, unique per source record (no accidental duplicate)."""
+    if rec.kind == RecordKind.CLAIM:
+        return rec._replace(ref=rec.ref[:-1] + ("9" if rec.ref[-1] != "9" else "8"))
+    if rec.kind == RecordKind.AFFILIATION:
+        return rec._replace(member_id=rec.member_id + "X", event_id="")  # unknown to the mutual
+    return rec._replace(period=f"{int(rec.period[:4]) - 10}{rec.period[4:]}", event_id="")
+
+
+def generate(
+    members: int,
+    months: int,
+    write: dict[str, Callable[[str], object]],
+    *,
+    rate: float = 0.001,
+    seed: int = 7,
+) -> Generated:
+    """Write the ledger (``write["ledger"]``) and each institution's extract; inject one
+    discrepancy into about ``rate`` of the institutions' records. ``extra`` records: a month ten years before, an affiliation of
+    an id unknown to the mutual, a claim id the mutual never issued."""
+    rng = random.Random(seed)
+    inj = random.Random(seed + 1)
+    month_list = periods(months)
+    out = Generated()
+    every = frozenset(INSTITUTIONS)
+    buffers: dict[str, list[str]] = {i: [] for i in INSTITUTIONS}
+    tails: dict[str, list[Rec]] = {i: [] for i in INSTITUTIONS}
+    ipres_count = ipres_total = 0
+    write["ledger"](header_line())
+    write["css"](css_extract.header_line())
+    write["ipres"](ipres_extract.header_line(month_list[0], month_list[-1]))
+    kinds = (Kind.MISSING, Kind.MISMATCH, Kind.DUPLICATE, Kind.EXTRA)
+    for member_id in member_ids(members):
+        out.members += 1
+        rows = ledger_rows(member_id, rng, month_list)
+        write["ledger"]("".join(ledger_line(r) for r in rows))
+        out.ledger_rows += len(rows)
+        for row in rows:
+            for rec in expected_records(row, every):
+                held = [rec]
+                if inj.random() < rate:
+                    kind = kinds[inj.randrange(4)]
+                    if kind is Kind.MISSING:
+                        held = []
+                        target = rec
+                    elif kind is Kind.MISMATCH:
+                        held = [_mismatch(rec)]
+                        target = rec
+                    elif kind is Kind.DUPLICATE:
+                        held = [rec, rec]
+                        target = rec
+                    else:
+                        target = _extra(rec)
+                        held = [rec]
+                        if target.member_id != rec.member_id:
+                            tails[rec.institution].append(target)  # sorts after the member
+                        else:
+                            held.append(target)
+                    out.truth.add(
+                        (rec.institution, rec.kind, kind, target.member_id, target.period,
+                         target.branch, target.ref)
+                    )  # fmt: skip
+                line = _LINE[rec.institution]
+                for h in held:
+                    buffers[rec.institution].append(line(h))
+                    if h.institution == "ipres":
+                        ipres_count += 1
+                        ipres_total += h.amount
+        for inst, tail in tails.items():
+            for h in tail:
+                buffers[inst].append(_LINE[inst](h))
+                if inst == "ipres":
+                    ipres_count += 1
+            tail.clear()
+        for inst, buf in buffers.items():
+            if buf:
+                write[inst]("".join(buf) if inst != "cmu" else "\n".join(buf) + "\n")
+                out.extract_lines[inst] += len(buf)
+                buf.clear()
+    write["ipres"](ipres_extract.trailer_line(ipres_count, ipres_total))
+    return out
+
+
+def generate_files(
+    directory: Path, members: int, months: int, *, rate: float = 0.001, seed: int = 7
+) -> tuple[Generated, dict[str, Path]]:
+    """``generate`` into ``ledger.csv``, ``cmu.ndjson``, ``css.csv`` and ``ipres.txt``."""
+    names = {"ledger": "ledger.csv", "cmu": "cmu.ndjson", "css": "css.csv", "ipres": "ipres.txt"}
+    paths = {k: directory / v for k, v in names.items()}
+    files: dict[str, TextIO] = {
+        k: p.open("w", encoding="utf-8", newline="", buffering=1 << 20) for k, p in paths.items()
+    }
+    try:
+        gen = generate(members, months, {k: f.write for k, f in files.items()}, rate=rate, seed=seed)
+    finally:
+        for f in files.values():
+            f.close()
+    return gen, paths
