@@ -251,3 +251,46 @@ class AuditRow(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str | None] = mapped_column(String(255))
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class ReconciliationRunRow(Base):
+    """One reconciliation run: what was compared, by whom, and its totals (kept, audited)."""
+
+    __tablename__ = "reconciliation_run"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    actor: Mapped[str] = mapped_column(String(64))
+    institutions: Mapped[str] = mapped_column(String(64))
+    sources: Mapped[str] = mapped_column(Text)
+    """JSON: the ledger and extract files compared."""
+    summary: Mapped[str | None] = mapped_column(Text)
+    """JSON: counts and XOF differences per institution, region, period, branch, kind."""
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class ReconciliationItemRow(Base):
+    """One discrepancy of a run; ``redrive`` records what re-driving it did (once)."""
+
+    __tablename__ = "reconciliation_item"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("reconciliation_run.id"), index=True)
+    institution: Mapped[str] = mapped_column(String(16))
+    record: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    member_id: Mapped[str] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(7))
+    branch: Mapped[str] = mapped_column(String(16))
+    ref: Mapped[str] = mapped_column(String(64))
+    region: Mapped[str] = mapped_column(String(8))
+    expected_amount: Mapped[int] = mapped_column(BigInteger)
+    actual_amount: Mapped[int] = mapped_column(BigInteger)
+    fields: Mapped[str] = mapped_column(String(64))
+    expected: Mapped[str] = mapped_column(String(255))
+    actual: Mapped[str] = mapped_column(String(255))
+    event_id: Mapped[str] = mapped_column(String(36))
+    redrive: Mapped[str | None] = mapped_column(String(32))
+    redriven_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
