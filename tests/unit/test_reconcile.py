@@ -1,0 +1,168 @@
+"""Reconciliation core: every injected discrepancy found and nothing else; a dataset against
+itself is clean; extracts round-trip through their readers and refuse what they cannot read."""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable, Iterable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adapters.cmu import extract as cmu
+from adapters.css import extract as css
+from adapters.extract import MalformedExtract, Rec
+from adapters.ipres import extract as ipres
+from adapters.msnas.ledger import MalformedLedger, parse_ledger
+from services.reconcile import (
+    INSTITUTIONS,
+    Kind,
+    ListCollector,
+    Totals,
+    by_member,
+    compare,
+    external_sort,
+    extract_source,
+    ledger_source,
+    reconcile,
+)
+from services.reconcile_data import generate
+from services.reconcile_report import to_csv, to_html, to_json
+from services.reconcile_runs import summary_of
+
+pytestmark = pytest.mark.unit
+
+
+def _dataset(members: int, rate: float, seed: int = 7) -> tuple[dict[str, str], set[tuple[str, ...]]]:
+    bufs = {k: io.StringIO(newline="") for k in ("ledger", *INSTITUTIONS)}
+    gen = generate(members, 6, {k: b.write for k, b in bufs.items()}, rate=rate, seed=seed)
+    return {k: b.getvalue() for k, b in bufs.items()}, set(gen.truth)
+
+
+def _opener(text: str) -> Callable[[], Iterable[str]]:
+    return lambda: io.StringIO(text, newline="")
+
+
+def _run(texts: dict[str, str], chunk: int = 500_000) -> tuple[ListCollector, Totals]:
+    col, totals = ListCollector(), Totals()
+    reconcile(
+        ledger_source(_opener(texts["ledger"]), INSTITUTIONS),
+        {i: extract_source(i, _opener(texts[i])) for i in INSTITUTIONS},
+        col,
+        totals,
+        chunk=chunk,
+    )
+    return col, totals
+
+
+def _found(col: ListCollector) -> set[tuple[str, ...]]:
+    return {(d.institution, d.record, d.kind, d.member_id, d.period, d.branch, d.ref) for d in col.items}
+
+
+def test_every_injected_discrepancy_is_found_and_nothing_else() -> None:
+    texts, truth = _dataset(600, 0.02)
+    assert {t[2] for t in truth} == set(Kind)  # every kind injected
+    assert {t[0] for t in truth} == set(INSTITUTIONS)
+    col, totals = _run(texts)
+    assert _found(col) == truth
+    assert len(col.items) == len(truth)
+    assert sum(c for c, _ in totals.cells.values()) == len(truth)
+
+
+def test_xof_difference_is_what_the_institution_holds_minus_the_ledger() -> None:
+    texts, _ = _dataset(400, 0.03, seed=3)
+    col, totals = _run(texts)
+    for d in col.items:
+        if d.kind == Kind.MISSING:
+            assert d.xof_difference == -d.expected_amount
+        elif d.kind in (Kind.EXTRA, Kind.DUPLICATE):
+            assert d.xof_difference == d.actual_amount
+        elif d.record == "contribution":
+            assert d.xof_difference == 500 and d.fields == "amount"
+    by_inst = totals.by("institution")
+    assert sum(x for _, x in by_inst.values()) == sum(d.xof_difference for d in col.items)
+
+
+def test_unsorted_extracts_fall_back_to_an_external_sort_with_the_same_result() -> None:
+    texts, truth = _dataset(300, 0.03, seed=5)
+    lines = texts["css"].splitlines(keepends=True)
+    body = lines[1:]
+    random.Random(1).shuffle(body)
+    shuffled = {**texts, "css": lines[0] + "".join(body)}
+    col, _ = _run(shuffled, chunk=997)  # several spilled chunks
+    assert _found(col) == truth
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(members=st.integers(0, 60), seed=st.integers(0, 10_000))
+def test_a_dataset_against_itself_reports_nothing(members: int, seed: int) -> None:
+    texts, truth = _dataset(members, 0.0, seed=seed)
+    assert truth == set()
+    col, _ = _run(texts)
+    assert col.items == []
+
+
+@given(st.lists(st.tuples(st.sampled_from("ABC"), st.sampled_from(["", "2025-01", "2025-02"]),
+                          st.integers(0, 3)), max_size=30))  # fmt: skip
+def test_compare_of_sorted_streams_matches_a_set_model(raw: list[tuple[str, str, int]]) -> None:
+    recs = [Rec(f"MSNAS-DK-00000{m}", "cmu", "contribution", p, "health", "", a) for m, p, a in raw]
+    expected = sorted({r[:6]: r for r in recs}.values())
+    assert list(compare(expected, expected)) == []
+    assert list(external_sort(recs, chunk=4)) == sorted(recs)
+    assert [d.kind for d in compare(expected, [])] == [Kind.MISSING] * len(expected)
+    assert [d.kind for d in compare([], expected)] == [Kind.EXTRA] * len(expected)
+
+
+def test_by_member_refuses_a_stream_not_grouped_by_member() -> None:
+    from services.reconcile import OutOfOrder
+
+    a, b = (Rec(f"MSNAS-DK-00000{i}", "cmu", "affiliation", "", "", "") for i in (2, 1))
+    with pytest.raises(OutOfOrder):
+        list(by_member([a, b]))
+
+
+@pytest.mark.parametrize("module", [cmu, css, ipres])
+def test_extract_lines_round_trip(module: object) -> None:
+    texts, _ = _dataset(50, 0.0)
+    inst = module.__name__.split(".")[1]  # type: ignore[attr-defined]
+    recs = list(module.parse_extract(io.StringIO(texts[inst], newline="")))  # type: ignore[attr-defined]
+    assert recs and {r.institution for r in recs} == {inst}
+    again = "".join(module.extract_line(r) + ("\n" if inst == "cmu" else "") for r in recs)  # type: ignore[attr-defined]
+    if inst == "css":
+        again = css.header_line() + again
+    if inst == "ipres":
+        again = texts[inst].splitlines(keepends=True)[0] + again + texts[inst].splitlines(keepends=True)[-1]
+    assert list(module.parse_extract(io.StringIO(again, newline=""))) == recs  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("module", "text"),
+    [
+        (cmu, "not json\n"),
+        (cmu, '{"resourceType":"PaymentNotice","amount":{"value":1.5,"currency":"XOF"}}\n'),
+        (css, "wrong,header\n"),
+        (css, css.header_line() + "contribution,MSNAS-DK-000001,2025-01,old_age,100,,\r\n"),
+        (ipres, "H01IPRES     MSNAS     202501202512\r\nT000000001000000000000000100\r\n"),
+        (ipres, "H01IPRES     MSNAS     202501202512\r\n"),
+    ],
+)
+def test_unreadable_extracts_are_refused_with_their_line(module: object, text: str) -> None:
+    with pytest.raises(MalformedExtract, match="line"):
+        list(module.parse_extract(io.StringIO(text, newline="")))  # type: ignore[attr-defined]
+
+
+def test_a_malformed_ledger_is_refused() -> None:
+    with pytest.raises(MalformedLedger):
+        list(parse_ledger(io.StringIO("record,member_id\n")))
+
+
+def test_reports_in_json_csv_and_html() -> None:
+    texts, truth = _dataset(200, 0.05)
+    col, totals = _run(texts)
+    run = {"id": 1, "state": "done", "summary": summary_of(totals)}
+    assert len(to_csv(col.items).splitlines()) == len(truth) + 1
+    assert len(__import__("json").loads(to_json(run, col.items))["discrepancies"]) == len(truth)
+    html = to_html(run, col.items)
+    assert "<svg" in html and "<script" not in html and "SN-DK" in html
