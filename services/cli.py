@@ -226,3 +226,34 @@ def contracts_export(
 
     written = export_contracts(out)
     Console().print(f"wrote {', '.join(p.name for p in written)} to {out}")
+
+
+@app.command()
+def reconcile(
+    ledger: Annotated[Path, typer.Argument(help="MSNAS ledger export (CSV).", exists=True)],
+    cmu: Annotated[Path | None, typer.Option(help="CMU FHIR NDJSON extract.", exists=True)] = None,
+    css: Annotated[Path | None, typer.Option(help="CSS CSV statement.", exists=True)] = None,
+    ipres: Annotated[Path | None, typer.Option(help="IPRES statement file.", exists=True)] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for report.json, report.csv, report.html.")
+    ] = None,
+    redrive: Annotated[
+        bool, typer.Option(help="Re-drive every missing record through the router.")
+    ] = False,
+) -> None:
+    """Compare the mutual's ledger with the institutions' extracts; keep the run and report."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from services.reconcile_cli import reconcile_command
+
+    extracts = {k: v for k, v in (("cmu", cmu), ("css", css), ("ipres", ipres)) if v is not None}
+    if not extracts:
+        Console(stderr=True).print("[red]error:[/] give at least one of --cmu, --css, --ipres")
+        raise typer.Exit(2)
+    engine = bootstrap(load_settings(), kafka=False).engine
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("reconciling", total=ledger.stat().st_size)
+        reconcile_command(
+            engine, _actor(), ledger, extracts, out, redrive, lambda n: bar.advance(task, n)
+        )

@@ -61,7 +61,9 @@ class Discrepancy(NamedTuple):
 
     def key(self) -> str:
         """Stable text identity of the discrepancy, e.g. for choosing what to re-drive."""
-        return "|".join((self.institution, self.record, self.member_id, self.period, self.branch, self.ref))
+        return "|".join(
+            (self.institution, self.record, self.member_id, self.period, self.branch, self.ref)
+        )
 
 
 CSV_HEADER = (*Discrepancy._fields, "xof_difference")
@@ -80,7 +82,19 @@ def expected_records(row: LedgerRow, institutions: frozenset[str]) -> Iterator[R
     if row.record == "member":
         branches = set(row.branches.split("+")) if row.branches else set()
         if "cmu" in institutions:
-            yield Rec(m, "cmu", RecordKind.AFFILIATION, "", "", "", 0, row.package, row.status, row.dependents, ev)
+            yield Rec(
+                m,
+                "cmu",
+                RecordKind.AFFILIATION,
+                "",
+                "",
+                "",
+                0,
+                row.package,
+                row.status,
+                row.dependents,
+                ev,
+            )
         if "css" in institutions and branches & set(_CSS_BRANCHES):
             deps = row.dependents if "family" in branches else -1
             yield Rec(m, "css", RecordKind.AFFILIATION, "", "", "", 0, "", row.status, deps, ev)
@@ -94,11 +108,25 @@ def expected_records(row: LedgerRow, institutions: frozenset[str]) -> Iterator[R
             if row.family:
                 yield Rec(m, "css", c, row.period, "family", "", row.family, "", "", -1, ev)
             if row.work_accident:
-                yield Rec(m, "css", c, row.period, "work_accident", "", row.work_accident, "", "", -1, ev)
+                yield Rec(
+                    m, "css", c, row.period, "work_accident", "", row.work_accident, "", "", -1, ev
+                )
         if row.old_age and "ipres" in institutions:
             yield Rec(m, "ipres", c, row.period, "old_age", "", row.old_age, "", "", -1, ev)
     elif row.record == "claim" and "cmu" in institutions:
-        yield Rec(m, "cmu", RecordKind.CLAIM, row.period, "", row.claim_id, row.total, "", row.status, -1, ev)
+        yield Rec(
+            m,
+            "cmu",
+            RecordKind.CLAIM,
+            row.period,
+            "",
+            row.claim_id,
+            row.total,
+            "",
+            row.status,
+            -1,
+            ev,
+        )
 
 
 def ledger_records(rows: Iterable[LedgerRow], institutions: frozenset[str]) -> Iterator[Rec]:
@@ -150,7 +178,7 @@ def external_sort(recs: Iterable[Rec], chunk: int = 500_000) -> Iterator[Rec]:
 
     def spill() -> None:
         buf.sort()
-        f = tempfile.TemporaryFile()
+        f = tempfile.TemporaryFile()  # noqa: SIM115 - closed by read() once merged
         for i in range(0, len(buf), 10_000):
             pickle.dump(buf[i : i + 10_000], f, protocol=pickle.HIGHEST_PROTOCOL)
         f.seek(0)
@@ -161,7 +189,7 @@ def external_sort(recs: Iterable[Rec], chunk: int = 500_000) -> Iterator[Rec]:
         with f:
             while True:
                 try:
-                    yield from pickle.load(f)  # noqa: S301 - our own temporary file
+                    yield from pickle.load(f)
                 except EOFError:
                     return
 

@@ -23,7 +23,11 @@ TruthKey = tuple[str, str, str, str, str, str, str]
 """(institution, record, kind, member_id, period, branch, ref)."""
 
 _REGIONS = sorted(r.value.removeprefix("SN-") for r in Region)
-_LINE = {"cmu": cmu_extract.extract_line, "css": css_extract.extract_line, "ipres": ipres_extract.extract_line}  # fmt: skip
+_LINE = {
+    "cmu": cmu_extract.extract_line,
+    "css": css_extract.extract_line,
+    "ipres": ipres_extract.extract_line,
+}
 
 
 @dataclass
@@ -58,7 +62,8 @@ def member_ids(members: int) -> Iterator[str]:
 def ledger_rows(member_id: str, rng: random.Random, months: list[str]) -> list[LedgerRow]:
     """One member's rows: enrolment, monthly mobile-money contributions, sometimes a claim."""
     branches = ["health"]
-    branches += [b for b, p in (("family", 0.5), ("work_accident", 0.3), ("old_age", 0.4)) if rng.random() < p]  # fmt: skip
+    odds = (("family", 0.5), ("work_accident", 0.3), ("old_age", 0.4))
+    branches += [b for b, p in odds if rng.random() < p]
     rows = [
         LedgerRow(
             "member",
@@ -104,7 +109,9 @@ def _event_id(rng: random.Random) -> str:
 def _mismatch(rec: Rec) -> Rec:
     if rec.kind == RecordKind.AFFILIATION:
         if rec.institution == "cmu":
-            return rec._replace(package="base" if rec.package == "complementary" else "complementary")
+            return rec._replace(
+                package="base" if rec.package == "complementary" else "complementary"
+            )
         return rec._replace(status="lapsed" if rec.status == "active" else "active")
     return rec._replace(amount=rec.amount + 500)
 
@@ -127,7 +134,8 @@ def generate(
     seed: int = 7,
 ) -> Generated:
     """Write the ledger (``write["ledger"]``) and each institution's extract; inject one
-    discrepancy into about ``rate`` of the institutions' records. ``extra`` records: a month ten years before, an affiliation of
+    discrepancy into about ``rate`` of the institutions' records.
+    ``extra`` records: a month ten years before, an affiliation of
     an id unknown to the mutual, a claim id the mutual never issued."""
     rng = random.Random(seed)
     inj = random.Random(seed + 1)
@@ -202,7 +210,9 @@ def generate_files(
         k: p.open("w", encoding="utf-8", newline="", buffering=1 << 20) for k, p in paths.items()
     }
     try:
-        gen = generate(members, months, {k: f.write for k, f in files.items()}, rate=rate, seed=seed)
+        gen = generate(
+            members, months, {k: f.write for k, f in files.items()}, rate=rate, seed=seed
+        )
     finally:
         for f in files.values():
             f.close()

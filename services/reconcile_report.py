@@ -13,6 +13,7 @@ from typing import Any
 from services.reconcile import CSV_HEADER, Discrepancy
 
 COLUMNS = Discrepancy._fields
+_KIND_COLS = ("institution", "record", "kind")
 
 
 def _row(item: Any) -> dict[str, Any]:
@@ -91,20 +92,19 @@ def to_html(run: Mapping[str, Any], items: Iterable[Any], *, limit: int = 500) -
     summary = run.get("summary") or {}
     rows = [_row(i) for _, i in zip(range(limit), items, strict=False)]
     title = f"Reconciliation run {run.get('id', '')}"
-    compared = [
-        {"institution": k, **v} for k, v in (summary.get("compared") or {}).items()
-    ]
+    compared = [{"institution": k, **v} for k, v in (summary.get("compared") or {}).items()]
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{escape(title)}</title><style>body{{font-family:sans-serif}}"
         "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:2px 6px}</style>"
         f"</head><body><h1>{escape(title)}</h1>"
-        f"<p>state {escape(str(run.get('state', '')))} · started {escape(str(run.get('started_at', '')))}"
+        f"<p>state {escape(str(run.get('state', '')))} · started "
+        f"{escape(str(run.get('started_at', '')))}"
         f" · {summary.get('total', 0)} discrepancies</p>"
         "<h2>Records compared</h2>"
         + _table(compared, ("institution", "ledger", "held"))
         + "<h2>By institution, record and kind</h2>"
-        + _table(summary.get("by_kind", []), ("institution", "record", "kind", "count", "xof_difference"))
+        + _table(summary.get("by_kind", []), (*_KIND_COLS, "count", "xof_difference"))
         + "<h2>By region and period</h2>"
         + _chart(summary.get("by_region_period", []))
         + f"<h2>Discrepancies (first {limit})</h2>"

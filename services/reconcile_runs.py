@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.orm import Session
 
 from router.store import (
@@ -68,7 +68,7 @@ class _DbCollector:
     def flush(self) -> None:
         if self.buf:
             with Session(self.engine) as s, s.begin():
-                s.execute(ReconciliationItemRow.__table__.insert(), self.buf)
+                s.execute(insert(ReconciliationItemRow), self.buf)
             self.buf = []
 
     def reset(self) -> None:
@@ -76,16 +76,28 @@ class _DbCollector:
         self.count = 0
         with Session(self.engine) as s, s.begin():
             s.execute(
-                ReconciliationItemRow.__table__.delete().where(
-                    ReconciliationItemRow.run_id == self.run_id
-                )
+                delete(ReconciliationItemRow).where(ReconciliationItemRow.run_id == self.run_id)
             )
 
 
-def _lines(path: Path) -> Callable[[], Iterable[str]]:
+def _lines(
+    path: Path, progress: Callable[[int], object] | None = None
+) -> Callable[[], Iterable[str]]:
+    """Opens ``path`` afresh per call; ``progress`` gets the characters read, every 64k lines."""
+
     def open_lines() -> Iterable[str]:
         with path.open(encoding="utf-8", newline="") as f:
-            yield from f
+            if progress is None:
+                yield from f
+                return
+            done = 0
+            for n, line in enumerate(f, start=1):
+                done += len(line)
+                if not n & 0xFFFF:
+                    progress(done)
+                    done = 0
+                yield line
+            progress(done)
 
     return open_lines
 
@@ -128,6 +140,7 @@ def execute_run(
     extracts: dict[str, Path],
     *,
     chunk: int = 500_000,
+    progress: Callable[[int], object] | None = None,
 ) -> dict[str, object]:
     """Compare and store; the run ends ``done`` with its summary, or ``failed`` with why."""
     collector, totals = _DbCollector(engine, run_id), Totals()
@@ -136,7 +149,7 @@ def execute_run(
         if unknown:
             raise ValueError(f"unknown institution(s): {', '.join(sorted(unknown))}")
         reconcile(
-            ledger_source(_lines(ledger), extracts),
+            ledger_source(_lines(ledger, progress), extracts),
             {i: extract_source(i, _lines(p)) for i, p in extracts.items()},
             collector,
             totals,
@@ -157,10 +170,16 @@ def execute_run(
 
 
 def run_files(
-    engine: Engine, actor: str, ledger: Path, extracts: dict[str, Path], *, chunk: int = 500_000
+    engine: Engine,
+    actor: str,
+    ledger: Path,
+    extracts: dict[str, Path],
+    *,
+    chunk: int = 500_000,
+    progress: Callable[[int], object] | None = None,
 ) -> int:
     run_id = create_run(engine, actor, ledger, extracts)
-    execute_run(engine, run_id, ledger, extracts, chunk=chunk)
+    execute_run(engine, run_id, ledger, extracts, chunk=chunk, progress=progress)
     return run_id
 
 
@@ -174,7 +193,9 @@ def items(session: Session, run_id: int) -> list[ReconciliationItemRow]:
     )
 
 
-def redrive(engine: Engine, run_id: int, item_ids: Iterable[int] | None, actor: str) -> dict[int, str]:
+def redrive(
+    engine: Engine, run_id: int, item_ids: Iterable[int] | None, actor: str
+) -> dict[int, str]:
     """Re-drive the chosen ``missing`` items of a run (all of them when ``item_ids`` is None);
     returns per item what happened (see the module docstring), ``not_missing`` for other kinds,
     ``unknown`` for an id not in the run."""
@@ -182,7 +203,11 @@ def redrive(engine: Engine, run_id: int, item_ids: Iterable[int] | None, actor: 
         q = select(ReconciliationItemRow.id).where(ReconciliationItemRow.run_id == run_id)
         if item_ids is None:
             q = q.where(ReconciliationItemRow.kind == Kind.MISSING)
-        ids = list(s.scalars(q.order_by(ReconciliationItemRow.id))) if item_ids is None else list(item_ids)
+        ids = (
+            list(s.scalars(q.order_by(ReconciliationItemRow.id)))
+            if item_ids is None
+            else list(item_ids)
+        )
     results: dict[int, str] = {}
     for item_id in ids:
         with Session(engine) as s, s.begin():
@@ -231,6 +256,11 @@ def _redrive_one(s: Session, run_id: int, item_id: int, actor: str) -> str:
         outcome = "redriven"
     item.redrive, item.redriven_at = outcome, now
     s.add(
-        AuditRow(actor=actor, action="reconcile.redrive", target=f"run {run_id} item {item_id}", detail=outcome)
+        AuditRow(
+            actor=actor,
+            action="reconcile.redrive",
+            target=f"run {run_id} item {item_id}",
+            detail=outcome,
+        )
     )
     return outcome

@@ -41,7 +41,9 @@ def parse_extract(lines: Iterable[str]) -> Iterator[Rec]:
             if status is None:
                 raise _fail(n, "status must be A, S, L or D")
             count += 1
-            yield Rec(line[1:24].rstrip(), _IPRES, RecordKind.AFFILIATION, "", "", "", 0, "", status)
+            yield Rec(
+                line[1:24].rstrip(), _IPRES, RecordKind.AFFILIATION, "", "", "", 0, "", status
+            )
         elif kind == "C":
             period, amount = line[24:30], line[30:40]
             if not (period.isdigit() and amount.isdigit()):
@@ -69,7 +71,8 @@ def parse_extract(lines: Iterable[str]) -> Iterator[Rec]:
 
 def header_line(period_from: str, period_to: str) -> str:
     """``period_*`` as ``YYYY-MM``: the months the statement covers."""
-    return f"H01{'IPRES':<10}{'MSNAS':<10}{period_from.replace('-', '')}{period_to.replace('-', '')}\r\n"
+    months = period_from.replace("-", "") + period_to.replace("-", "")
+    return f"H01{'IPRES':<10}{'MSNAS':<10}{months}\r\n"
 
 
 def extract_line(rec: Rec) -> str:

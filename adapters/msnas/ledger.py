@@ -65,17 +65,19 @@ def _int(value: str, n: int, name: str) -> int:
 def parse_ledger(lines: Iterable[str]) -> Iterator[LedgerRow]:
     rows = csv.reader(lines)
     if tuple(next(rows, ())) != HEADER:
-        raise MalformedLedger([FieldError("line 1", "header must be " + ",".join(HEADER), "ledger")])
+        raise MalformedLedger(
+            [FieldError("line 1", "header must be " + ",".join(HEADER), "ledger")]
+        )
     for n, row in enumerate(rows, start=2):
         if not row:
             continue
         if len(row) != len(HEADER) or row[0] not in ("member", "contribution", "claim"):
             raise MalformedLedger([FieldError(f"line {n}", "malformed row", "ledger")])
+        amounts = [_int(v, n, name) for v, name in zip(row[9:], HEADER[9:], strict=True)]
         yield LedgerRow(
-            *row[:8],
-            _int(row[8], n, "dependents"),
-            *(_int(v, n, name) for v, name in zip(row[9:], HEADER[9:], strict=True)),
-        )
+            row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
+            _int(row[8], n, "dependents"), *amounts,
+        )  # fmt: skip
 
 
 def ledger_line(row: LedgerRow) -> str:
