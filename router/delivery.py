@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import pybreaker
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from tenacity import RetryCallState, wait_exponential_jitter
@@ -265,9 +265,13 @@ class DeliveryWorker:
     def _record(
         self, session: Session, rows: Sequence[OutboxRow], reports: Sequence[Delivery]
     ) -> int:
+        """Write what happened. The common outcomes (sent, accepted, rejected) go as one
+        executemany UPDATE by primary key and one bulk INSERT of trail rows; failures and
+        dead letters, rare, go through the ORM."""
         now = self._clock()
         by_id = {d.message_id: d for d in reports}
-        done = 0
+        final: list[dict[str, Any]] = []
+        trail: list[dict[str, Any]] = []
         blocked: set[str] = set()  # members whose earlier row failed in this batch
         for row in rows:
             d = by_id.get(row.message_id) or Delivery(
@@ -277,33 +281,43 @@ class DeliveryWorker:
                 # Delivered out of its member's order by the partner's own doing; keep it,
                 # the failed earlier row is re-sent and carries its own sequence number.
                 log.warning("message %s delivered after an earlier failure", row.message_id)
-            row.attempts += 1
-            row.batch_ref = d.batch_ref or row.batch_ref
-            if d.result == Result.FAILED:
-                blocked.add(row.member_id)
-                self._retry_or_bury(session, row, d, now)
+            if d.result in (Result.FAILED, Result.UNDELIVERABLE):
+                row.attempts += 1
+                row.batch_ref = d.batch_ref or row.batch_ref
+                if d.result == Result.FAILED:
+                    blocked.add(row.member_id)
+                    self._retry_or_bury(session, row, d, now)
+                else:
+                    self._bury(session, row, d.reason_code or "undeliverable", d, now)
                 continue
-            if d.result == Result.UNDELIVERABLE:
-                self._bury(session, row, d.reason_code or "undeliverable", d, now)
-                continue
-            row.state = DeliveryState(d.result.value)
-            row.sent_at = row.sent_at or now
-            row.next_attempt_at = None
-            row.last_error = None
-            if d.result in (Result.ACCEPTED, Result.REJECTED):
-                row.acked_at = now
-                row.reason_code = d.reason_code
-                row.reason_text = d.reason_text
-                row.institution_ref = d.institution_ref
+            acked = d.result in (Result.ACCEPTED, Result.REJECTED)
+            final.append(
+                {
+                    "id": row.id,
+                    "state": d.result.value,
+                    "attempts": row.attempts + 1,
+                    "sent_at": row.sent_at or now,
+                    "next_attempt_at": None,
+                    "last_error": None,
+                    "batch_ref": d.batch_ref or row.batch_ref,
+                    "acked_at": now if acked else None,
+                    "reason_code": d.reason_code if acked else row.reason_code,
+                    "reason_text": d.reason_text if acked else row.reason_text,
+                    "institution_ref": d.institution_ref if acked else row.institution_ref,
+                }
+            )
             stage = {
                 Result.SENT: Stage.PUBLISHED,
                 Result.ACCEPTED: Stage.ACCEPTED,
                 Result.REJECTED: Stage.REJECTED,
             }[d.result]
-            session.add(_trail(row, stage, now, d.reason_code))
-            done += 1
-        self.delivered += done
-        return done
+            trail.append(_trail_values(row, stage, now, d.reason_code))
+        if final:
+            session.execute(update(OutboxRow), final)
+        if trail:
+            session.execute(insert(TrailRow), trail)
+        self.delivered += len(final)
+        return len(final)
 
     def _retry_or_bury(self, session: Session, row: OutboxRow, d: Delivery, now: datetime) -> None:
         row.last_error = d.reason_text
@@ -360,6 +374,17 @@ class _BatchFailed(Exception):
     def __init__(self, reports: list[Delivery]) -> None:
         super().__init__("every message of the batch failed")
         self.reports = reports
+
+
+def _trail_values(row: OutboxRow, stage: Stage, at: datetime, detail: str | None) -> dict[str, Any]:
+    return {
+        "event_id": row.event_id,
+        "stage": stage.value,
+        "institution": row.institution,
+        "message_id": row.message_id,
+        "detail": detail,
+        "at": at,
+    }
 
 
 def _trail(row: OutboxRow, stage: Stage, at: datetime, detail: str | None) -> TrailRow:

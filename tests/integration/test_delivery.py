@@ -256,7 +256,7 @@ def test_an_open_circuit_probes_with_one_message_and_closes_on_success(store: En
     clock = Clock()
     css = ScriptedChannel(Institution.CSS, down=True)
     policy = RetryPolicy(
-        max_attempts=1000, initial_s=0.001, max_s=0.001, breaker_failures=2, breaker_reset_s=0.05
+        max_attempts=1000, initial_s=0.001, max_s=0.001, breaker_failures=2, breaker_reset_s=1.0
     )
     worker = DeliveryWorker(store, css, policy=policy, batch_size=50, clock=clock)
     worker.deliver_once()
@@ -267,7 +267,7 @@ def test_an_open_circuit_probes_with_one_message_and_closes_on_success(store: En
     assert worker.deliver_once() == 0, "open: nothing tried"
     assert css.calls == 2
     css.down = False
-    time.sleep(0.06)  # pybreaker times its reset with the real clock
+    time.sleep(1.05)  # pybreaker times its reset with the real clock (1 s: a loaded machine)
     assert worker.deliver_once() == 1, "half-open: a single message probes"
     assert worker.breaker.current_state == "closed"
     drain(worker, clock)
