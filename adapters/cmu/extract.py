@@ -15,7 +15,7 @@ from adapters.cmu import systems as s
 from adapters.extract import MalformedExtract, Rec, RecordKind
 from schemas.errors import FieldError
 
-EXT_DEPENDENT_COUNT = s._EXT + "dependent-count"  # noqa: SLF001 - same extension base
+EXT_DEPENDENT_COUNT = s._EXT + "dependent-count"
 _CMU = Institution.CMU.value
 
 
@@ -52,9 +52,7 @@ def _resource(res: dict[str, Any], line: int) -> Rec | None:
     rtype = res.get("resourceType")
     if rtype == "Coverage":
         member = _ident(res, s.COVERAGE_ID, line)
-        plan = next(
-            (c.get("value") for c in res.get("class") or () if isinstance(c, dict)), None
-        )
+        plan = next((c.get("value") for c in res.get("class") or () if isinstance(c, dict)), None)
         status_ext = _ext(res, s.EXT_MEMBER_STATUS)
         deps = _ext(res, EXT_DEPENDENT_COUNT)
         return Rec(

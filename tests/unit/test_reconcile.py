@@ -35,7 +35,9 @@ from services.reconcile_runs import summary_of
 pytestmark = pytest.mark.unit
 
 
-def _dataset(members: int, rate: float, seed: int = 7) -> tuple[dict[str, str], set[tuple[str, ...]]]:
+def _dataset(
+    members: int, rate: float, seed: int = 7
+) -> tuple[dict[str, str], set[tuple[str, ...]]]:
     bufs = {k: io.StringIO(newline="") for k in ("ledger", *INSTITUTIONS)}
     gen = generate(members, 6, {k: b.write for k, b in bufs.items()}, rate=rate, seed=seed)
     return {k: b.getvalue() for k, b in bufs.items()}, set(gen.truth)
@@ -58,7 +60,9 @@ def _run(texts: dict[str, str], chunk: int = 500_000) -> tuple[ListCollector, To
 
 
 def _found(col: ListCollector) -> set[tuple[str, ...]]:
-    return {(d.institution, d.record, d.kind, d.member_id, d.period, d.branch, d.ref) for d in col.items}
+    return {
+        (d.institution, d.record, d.kind, d.member_id, d.period, d.branch, d.ref) for d in col.items
+    }
 
 
 def test_every_injected_discrepancy_is_found_and_nothing_else() -> None:
@@ -80,7 +84,8 @@ def test_xof_difference_is_what_the_institution_holds_minus_the_ledger() -> None
         elif d.kind in (Kind.EXTRA, Kind.DUPLICATE):
             assert d.xof_difference == d.actual_amount
         elif d.record == "contribution":
-            assert d.xof_difference == 500 and d.fields == "amount"
+            assert d.xof_difference == 500
+            assert d.fields == "amount"
     by_inst = totals.by("institution")
     assert sum(x for _, x in by_inst.values()) == sum(d.xof_difference for d in col.items)
 
@@ -128,12 +133,17 @@ def test_extract_lines_round_trip(module: object) -> None:
     texts, _ = _dataset(50, 0.0)
     inst = module.__name__.split(".")[1]  # type: ignore[attr-defined]
     recs = list(module.parse_extract(io.StringIO(texts[inst], newline="")))  # type: ignore[attr-defined]
-    assert recs and {r.institution for r in recs} == {inst}
+    assert recs
+    assert {r.institution for r in recs} == {inst}
     again = "".join(module.extract_line(r) + ("\n" if inst == "cmu" else "") for r in recs)  # type: ignore[attr-defined]
     if inst == "css":
         again = css.header_line() + again
     if inst == "ipres":
-        again = texts[inst].splitlines(keepends=True)[0] + again + texts[inst].splitlines(keepends=True)[-1]
+        again = (
+            texts[inst].splitlines(keepends=True)[0]
+            + again
+            + texts[inst].splitlines(keepends=True)[-1]
+        )
     assert list(module.parse_extract(io.StringIO(again, newline=""))) == recs  # type: ignore[attr-defined]
 
 
@@ -165,4 +175,6 @@ def test_reports_in_json_csv_and_html() -> None:
     assert len(to_csv(col.items).splitlines()) == len(truth) + 1
     assert len(__import__("json").loads(to_json(run, col.items))["discrepancies"]) == len(truth)
     html = to_html(run, col.items)
-    assert "<svg" in html and "<script" not in html and "SN-DK" in html
+    assert "<svg" in html
+    assert "<script" not in html
+    assert "SN-DK" in html
