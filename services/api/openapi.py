@@ -6,6 +6,9 @@
   clients and tools need nothing but it.
 * Error responses declared as ``application/problem+json`` carry the ``Problem`` schema under
   that media type (FastAPI files a response's model under ``application/json`` only).
+* Answers that come from the app's middleware and dependencies rather than from a route are
+  declared where they can happen: 413 (body limit) on every operation with a body, 429 (the
+  per-client rate limit) on every operation that needs a token.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from schemas.export import UNION_NAME, json_schemas
-from services.api.problems import PROBLEM_JSON
+from services.api.problems import PROBLEM_JSON, TITLES
 
 CANONICAL_EVENT_URI = "https://jokko.sn/schemas/v1/event.json"
 """How routes refer to the canonical event in ``openapi_extra`` request bodies."""
@@ -75,11 +78,29 @@ def _problem_media_types(doc: dict[str, Any]) -> None:
                     content[PROBLEM_JSON] = {"schema": plain.get("schema", {})}
 
 
+def _problem(status: int) -> dict[str, Any]:
+    return {
+        "description": TITLES[status],
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+def _app_wide_problems(doc: dict[str, Any]) -> None:
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation:
+                responses.setdefault("413", _problem(413))
+            if operation.get("security"):
+                responses.setdefault("429", _problem(429))
+
+
 def complete(doc: dict[str, Any]) -> dict[str, Any]:
     """``doc`` completed (see the module's docstring)."""
     doc = rewrite_refs(doc, CANONICAL_EVENT_URI, f"#/components/schemas/{CANONICAL_EVENT}")
     _add_schemas(doc, canonical_event_schemas("#/components/schemas/"))
     _problem_media_types(doc)
+    _app_wide_problems(doc)
     return doc
 
 

@@ -12,6 +12,14 @@ from pydantic import BaseModel, Field
 
 T = TypeVar("T")
 
+MAX_ID = 2**63 - 1
+"""The largest row id (PostgreSQL ``bigint``): a larger one in a path or cursor is refused as
+bad input, never sent to the database (which would fail the query)."""
+
+NO_NUL = r"^[^\x00]*$"
+"""For text that reaches the database: PostgreSQL text cannot hold NUL, and a query with one
+fails; such input is refused with a 422 instead."""
+
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
 Cursor = Annotated[
     str | None,
@@ -38,6 +46,9 @@ def decode(cursor: str | None) -> int:
         version, position = text.split(":", 1)
         if version != "v1":
             raise ValueError(version)
-        return int(position)
+        value = int(position)
+        if not 0 <= value <= MAX_ID:
+            raise ValueError(position)
+        return value
     except (ValueError, UnicodeDecodeError, binascii.Error):
         raise HTTPException(400, "invalid cursor") from None

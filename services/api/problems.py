@@ -89,22 +89,26 @@ def _validation(_request: Request, exc: Exception) -> JSONResponse:
     return problem(422, "Invalid request", kind="validation", errors=errors)
 
 
+TITLES: dict[int, str] = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request too large",
+    415: "Unsupported media type",
+    422: "Invalid request",
+    429: "Too many requests",
+    503: "Service unavailable",
+}
+"""The title of each status the API answers with a problem."""
+
+
 def _http(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else None
-    title = {
-        400: "Bad request",
-        401: "Unauthorized",
-        403: "Forbidden",
-        404: "Not found",
-        405: "Method not allowed",
-        409: "Conflict",
-        413: "Request too large",
-        415: "Unsupported media type",
-        422: "Invalid request",
-        429: "Too many requests",
-        503: "Service unavailable",
-    }.get(exc.status_code, "Error")
+    title = TITLES.get(exc.status_code, "Error")
     return problem(exc.status_code, title, detail, headers=dict(exc.headers or {}))
 
 
@@ -150,7 +154,13 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": title}
-    for status, title in ((401, "Unauthorized"), (403, "Forbidden"), (422, "Invalid request"))
-}
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` of a route or router: these statuses answer ``application/problem+json``
+    (the app's OpenAPI completion files the ``Problem`` schema under that media type)."""
+    return {
+        status: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": TITLES[status]}
+        for status in statuses
+    }
+
+
+PROBLEM_RESPONSES = problem_responses(401, 403, 422)

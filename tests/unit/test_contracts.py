@@ -124,13 +124,18 @@ def test_openapi_errors_are_problem_json(openapi: dict[str, Any]) -> None:
     assert {"type", "title", "status", "detail"} <= set(problem["properties"])
     secured = [(m, p, op) for m, p, op in _operations(openapi) if "security" in op]
     assert secured
+    problem_ref = {"$ref": "#/components/schemas/Problem"}
     for method, path, op in secured:
-        for status in ("401", "403", "422"):
+        for status in ("401", "403", "429"):
             content = op["responses"][status]["content"]
-            assert list(content) == [PROBLEM_JSON], f"{method} {path} {status}"
-            assert content[PROBLEM_JSON]["schema"] == {"$ref": "#/components/schemas/Problem"}, (
-                f"{method} {path} {status}"
-            )
+            assert content == {PROBLEM_JSON: {"schema": problem_ref}}, f"{method} {path} {status}"
+        # a batch where no item was accepted answers 422 with its per-item results
+        content = op["responses"]["422"]["content"]
+        assert content[PROBLEM_JSON] == {"schema": problem_ref}, f"{method} {path}"
+    for method, path, op in _operations(openapi):
+        for status, response in op["responses"].items():
+            if status.startswith(("4", "5")) and path != TOKEN_PATH:
+                assert PROBLEM_JSON in response.get("content", {}), f"{method} {path} {status}"
 
 
 def test_openapi_event_bodies_are_the_canonical_schema(openapi: dict[str, Any]) -> None:

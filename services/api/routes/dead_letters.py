@@ -7,7 +7,7 @@ import base64
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,12 +16,13 @@ from router.replay import replay
 from router.store import AuditRow, DeadLetterRow, utcnow
 from services.api import pagination
 from services.api.deps import JokkoDep, SessionDep
-from services.api.problems import PROBLEM_RESPONSES
+from services.api.problems import PROBLEM_RESPONSES, problem_responses
 from services.api.security import Principal, Scope, require
 
 router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"], responses=PROBLEM_RESPONSES)
 
 Operator = Annotated[Principal, require(Scope.DEAD_LETTERS)]
+DeadLetterId = Annotated[int, Path(ge=1, le=pagination.MAX_ID)]
 
 
 class DeadLetter(BaseModel):
@@ -47,7 +48,7 @@ class DeadLetterDetail(DeadLetter):
 
 
 class Discard(BaseModel):
-    reason: str = Field(min_length=3, max_length=500)
+    reason: str = Field(min_length=3, max_length=500, pattern=pagination.NO_NUL)
 
 
 class ReplayResult(BaseModel):
@@ -62,11 +63,11 @@ def _one(session: SessionDep, dead_letter_id: int) -> DeadLetterRow:
     return row
 
 
-@router.get("", response_model=pagination.Page[DeadLetter])
+@router.get("", response_model=pagination.Page[DeadLetter], responses=problem_responses(400))
 def list_dead_letters(
     session: SessionDep,
     _operator: Operator,
-    reason: Annotated[str | None, Query(max_length=64)] = None,
+    reason: Annotated[str | None, Query(max_length=64, pattern=pagination.NO_NUL)] = None,
     open_only: Annotated[bool, Query(description="Neither replayed nor discarded.")] = True,
     cursor: pagination.Cursor = None,
     limit: pagination.Limit = 100,
@@ -86,9 +87,9 @@ def list_dead_letters(
     )
 
 
-@router.get("/{dead_letter_id}", response_model=DeadLetterDetail)
+@router.get("/{dead_letter_id}", response_model=DeadLetterDetail, responses=problem_responses(404))
 def inspect_dead_letter(
-    dead_letter_id: int, session: SessionDep, _operator: Operator
+    dead_letter_id: DeadLetterId, session: SessionDep, _operator: Operator
 ) -> DeadLetterDetail:
     row = _one(session, dead_letter_id)
     base = DeadLetter.model_validate(row, from_attributes=True)
@@ -97,9 +98,11 @@ def inspect_dead_letter(
     )
 
 
-@router.post("/{dead_letter_id}/replay", response_model=ReplayResult)
+@router.post(
+    "/{dead_letter_id}/replay", response_model=ReplayResult, responses=problem_responses(404, 409)
+)
 def replay_dead_letter(
-    dead_letter_id: int, session: SessionDep, jokko: JokkoDep, operator: Operator
+    dead_letter_id: DeadLetterId, session: SessionDep, jokko: JokkoDep, operator: Operator
 ) -> ReplayResult:
     _one(session, dead_letter_id)
     outcome = replay(jokko.engine, jokko.processor(), [dead_letter_id])[dead_letter_id]
@@ -109,9 +112,15 @@ def replay_dead_letter(
     return ReplayResult(id=dead_letter_id, outcome=outcome)
 
 
-@router.post("/{dead_letter_id}/discard", response_model=DeadLetter)
+@router.post(
+    "/{dead_letter_id}/discard", response_model=DeadLetter, responses=problem_responses(400, 404)
+)
 def discard_dead_letter(
-    dead_letter_id: int, body: Discard, session: SessionDep, jokko: JokkoDep, operator: Operator
+    dead_letter_id: DeadLetterId,
+    body: Discard,
+    session: SessionDep,
+    jokko: JokkoDep,
+    operator: Operator,
 ) -> DeadLetter:
     row = _one(session, dead_letter_id)
     if row.discarded_at is None:

@@ -19,7 +19,7 @@ from router.canonical import publish_events
 from router.store import DeliveryState, OutboxRow
 from services.api import pagination
 from services.api.deps import JokkoDep, ProducerDep, SessionDep
-from services.api.problems import PROBLEM_RESPONSES
+from services.api.problems import PROBLEM_RESPONSES, problem_responses
 from services.api.security import Principal, Scope, require
 
 router = APIRouter(tags=["deliveries"], responses=PROBLEM_RESPONSES)
@@ -59,13 +59,17 @@ def _not_found() -> HTTPException:
     return HTTPException(404, "no such delivery")
 
 
-@router.get("/v1/deliveries", response_model=pagination.Page[Delivery])
+@router.get(
+    "/v1/deliveries",
+    response_model=pagination.Page[Delivery],
+    responses=problem_responses(400, 404),
+)
 def list_deliveries(
     session: SessionDep,
     principal: Annotated[Principal, require(Scope.DELIVERIES_READ)],
     institution: Annotated[Institution | None, Query()] = None,
     state: Annotated[DeliveryState | None, Query()] = None,
-    member_id: Annotated[str | None, Query(max_length=64)] = None,
+    member_id: Annotated[str | None, Query(max_length=64, pattern=pagination.NO_NUL)] = None,
     since: Annotated[datetime | None, Query(description="Created at or after.")] = None,
     until: Annotated[datetime | None, Query(description="Created before.")] = None,
     cursor: pagination.Cursor = None,
@@ -94,9 +98,11 @@ def list_deliveries(
     )
 
 
-@router.get("/v1/deliveries/{message_id}", response_model=Delivery)
+@router.get(
+    "/v1/deliveries/{message_id}", response_model=Delivery, responses=problem_responses(404)
+)
 def get_delivery(
-    message_id: Annotated[str, Path(max_length=36)],
+    message_id: Annotated[str, Path(max_length=36, pattern=pagination.NO_NUL)],
     session: SessionDep,
     principal: Annotated[Principal, require(Scope.DELIVERIES_READ)],
 ) -> Delivery:
@@ -110,6 +116,7 @@ def get_delivery(
     "/v1/acks/{institution}",
     response_model=AckResult,
     summary="Acknowledgements in the institution's own format",
+    responses=problem_responses(404),
     description=(
         "CMU: a FHIR transaction-response Bundle, OperationOutcome, ClaimResponse or "
         "batch-response (application/fhir+json). CSS: an Acknowledgement document "

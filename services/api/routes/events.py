@@ -20,9 +20,15 @@ from sqlalchemy import select
 from router.canonical import publish_events
 from router.store import InboxRow, TrailRow
 from schemas import CanonicalEvent, InvalidEvent, parse_event
-from services.api import idempotency
+from services.api import idempotency, pagination
 from services.api.deps import JokkoDep, ProducerDep, SessionDep
-from services.api.problems import PROBLEM_RESPONSES, FieldProblem, field_problems
+from services.api.problems import (
+    PROBLEM_JSON,
+    PROBLEM_RESPONSES,
+    FieldProblem,
+    field_problems,
+    problem_responses,
+)
 from services.api.security import Principal, Scope, require
 
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=PROBLEM_RESPONSES)
@@ -136,6 +142,7 @@ def _idempotent(
     response_model=Accepted,
     openapi_extra=EVENT_BODY,
     summary="Submit one canonical event",
+    responses=problem_responses(400, 409, 503),
 )
 async def submit_event(
     request: Request,
@@ -164,6 +171,16 @@ async def submit_event(
     status_code=202,
     response_model=BatchResult,
     summary="Submit up to 1,000 events; each item gets its own result",
+    responses={
+        **problem_responses(400, 409, 503),
+        422: {
+            "description": "No item was accepted: the per-item results (or a problem)",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}},
+                PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}},
+            },
+        },
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -215,9 +232,14 @@ async def submit_batch(
     return _idempotent(body, idempotency_key, principal, jokko, compute)
 
 
-@router.get("/{event_id}", response_model=EventStatus, summary="An event's status trail")
+@router.get(
+    "/{event_id}",
+    response_model=EventStatus,
+    summary="An event's status trail",
+    responses=problem_responses(404),
+)
 def event_status(
-    event_id: Annotated[str, Path(max_length=36)],
+    event_id: Annotated[str, Path(max_length=36, pattern=pagination.NO_NUL)],
     session: SessionDep,
     principal: Annotated[Principal, require(Scope.EVENTS_READ)],
 ) -> EventStatus:

@@ -24,11 +24,14 @@ from sqlalchemy.orm import Session
 from router.broker import admin_client, wait_until_ready
 from router.errors import BrokerUnavailable
 from router.store import DeadLetterRow, OutboxRow
+from services.api.problems import problem_responses
 from services.bootstrap import Jokko
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 
 class Health(BaseModel):
@@ -152,7 +155,7 @@ def healthz() -> Health:
     "/readyz",
     response_model=Health,
     summary="The database and Kafka are reachable",
-    responses={503: {"model": Health}},
+    responses=problem_responses(503),
 )
 def readyz(request: Request) -> Health:
     jokko: Jokko = request.app.state.jokko
@@ -173,7 +176,12 @@ def readyz(request: Request) -> Health:
     return Health(status="ok", checks=checks)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {PROMETHEUS_TEXT: {"schema": {"type": "string"}}}}},
+)
 def metrics(request: Request) -> Response:
     registry: CollectorRegistry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+    return Response(generate_latest(registry), media_type=PROMETHEUS_TEXT)

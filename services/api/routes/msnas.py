@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from adapters.msnas import CSV_KINDS, parse_csv, parse_webhook
 from adapters.msnas.report import ImportReport
 from services.api.deps import JokkoDep, ProducerDep
-from services.api.problems import PROBLEM_RESPONSES
+from services.api.problems import PROBLEM_RESPONSES, problem_responses
 from services.api.routes.events import _publish
 from services.api.security import Principal, Scope, require
 
@@ -53,6 +53,7 @@ def _submit(report: ImportReport, jokko: JokkoDep, producer: ProducerDep) -> Imp
     response_model=ImportResult,
     status_code=202,
     summary="Records from the mobile agents (one object or a list)",
+    responses=problem_responses(503),
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}
     },
@@ -71,6 +72,7 @@ async def webhook(
     response_model=ImportResult,
     status_code=202,
     summary="A CSV export (see adapters/msnas/FORMAT.md for the kinds and columns)",
+    responses=problem_responses(404, 503),
     openapi_extra={
         "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
     },
