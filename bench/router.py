@@ -846,18 +846,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"every expected message is in the store exactly once and on the topics "
         f"({'yes' if k.exactly_once else 'NO'}), {k.republished} republished copies."
     )
+    per_event = load.messages / len(load.events)
+    routing = one.events / one.routed_s
+    relaying = one.relay_alone / per_event
+    slower = "relay" if relaying < routing else "router"
     bounds = (
-        f"What bounds it. The router alone: {split.describe()}; it routed the backlog at "
-        f"{one.events / one.routed_s:,.0f} events/s while sharing the two cores. The relay "
-        f"finished {one.seconds - one.routed_s:.1f} s after the router had every event in the "
-        f"inbox: it published {relay_rate:,.0f} messages/s over the run and "
-        f"{one.relay_alone:,.0f}/s once the router was idle, i.e. "
-        f"{one.relay_alone / 3:,.0f} contribution events/s, so end to end the relay is the "
-        f"bound whenever that is below the router's rate. Kafka I/O alone sets a ceiling "
-        f"too: kafka-python takes {1e6 / peer:,.0f} µs per event passed through and "
-        f"{1e6 / fan:,.0f} µs per event fanned out to three topics, so a 1 -> 3 fan-out "
-        f"reaches at most {fan / peer:.2f} of the passthrough before Jokko does any work of "
-        f"its own; Jokko reaches {one.rate / fan:.2f} of that fan-out. " + PROFILE_NOTES
+        f"What bounds it. The router alone: {split.describe()}. In the 1-router run it routed "
+        f"the backlog at {routing:,.0f} events/s while sharing the two cores with the relay, "
+        f"the broker and PostgreSQL; the relay finished {one.seconds - one.routed_s:.1f} s "
+        f"after the router had every event in the inbox, publishing {relay_rate:,.0f} "
+        f"messages/s over the run and {one.relay_alone:,.0f}/s once the router was idle "
+        f"({relaying:,.0f} events/s at {per_event:.1f} messages an event): in this run the "
+        f"{slower} was the slower of the two, and each one's CPU slows the other. Kafka I/O "
+        f"alone sets a ceiling too: kafka-python takes {1e6 / peer:,.0f} µs per event passed "
+        f"through and {1e6 / fan:,.0f} µs per event fanned out to three topics, so a 1 -> 3 "
+        f"fan-out reaches at most {fan / peer:.2f} of the passthrough before Jokko does any "
+        f"work of its own; Jokko reaches {one.rate / fan:.2f} of that fan-out. " + PROFILE_NOTES
     )
     write_record("router", figures, setup + "\n\n" + bounds)
     return 0 if k.exactly_once and k.kills >= args.kills else 1
