@@ -8,7 +8,8 @@
   that media type (FastAPI files a response's model under ``application/json`` only).
 * Answers that come from the app's middleware and dependencies rather than from a route are
   declared where they can happen: 413 (body limit) on every operation with a body, 429 (the
-  per-client rate limit) on every operation that needs a token.
+  per-client rate limit) on every operation that needs a token, 400 (a body that is not UTF-8
+  JSON) on every operation whose body FastAPI parses into a model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, routing
 
 from schemas.export import UNION_NAME, json_schemas
 from services.api.problems import PROBLEM_JSON, TITLES
@@ -104,13 +105,31 @@ def complete(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def _parsed_bodies(app: FastAPI) -> set[tuple[str, str]]:
+    """(path, method) of the operations whose body FastAPI parses into a model: one that is
+    not UTF-8 JSON is answered 400 before the route runs."""
+    found: set[tuple[str, str]] = set()
+    for context in routing.iter_route_contexts(app.routes):
+        if not isinstance(context.original_route, routing.APIRoute):
+            continue
+        route: Any = context  # proxies the route as included (prefixed path)
+        if route.body_field is not None:
+            found.update((route.path_format, m.lower()) for m in route.methods or ())
+    return found
+
+
 def install(app: FastAPI) -> None:
     """Serve (and cache) the completed document at ``/openapi.json``."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = complete(generate())
+            doc = complete(generate())
+            for path, method in _parsed_bodies(app):
+                operation = doc["paths"].get(path, {}).get(method)
+                if operation is not None:
+                    operation["responses"].setdefault("400", _problem(400))
+            app.openapi_schema = doc
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from router.store import ReconciliationRunRow
 from services.api.deps import JokkoDep, SessionDep
+from services.api.pagination import MAX_ID
 from services.api.problems import PROBLEM_RESPONSES, problem_responses
 from services.api.security import Principal, Scope, require
 from services.reconcile_cli import run_dict
@@ -29,7 +30,7 @@ router = APIRouter(
 )
 
 Operator = Annotated[Principal, require(Scope.RECONCILE)]
-RunId = Annotated[int, PathParam(ge=1)]
+RunId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 
@@ -56,7 +57,7 @@ class Run(BaseModel):
 
 
 class RedriveRequest(BaseModel):
-    item_ids: list[int] | None = Field(
+    item_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = Field(
         default=None, max_length=10_000, description="Discrepancy ids; all missing ones if absent."
     )
 
