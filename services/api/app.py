@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.broker import idempotent_producer
 from services.api import openapi, problems
-from services.api.routes import dead_letters, deliveries, events, health, msnas
+from services.api.routes import dead_letters, deliveries, events, health, msnas, reconcile
 from services.api.routes.health import Metrics
 from services.api.security import Authority, RateLimiter, security_router
 from services.bootstrap import Jokko
@@ -115,7 +115,7 @@ def create_app(
         return response
 
     app.include_router(security_router())
-    for module in (events, deliveries, dead_letters, msnas, health):
+    for module in (events, deliveries, dead_letters, msnas, reconcile, health):
         app.include_router(module.router)
     openapi.install(app)
     return app

@@ -4,6 +4,8 @@ another's), dead letters, health and metrics, problem+json errors."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -29,6 +31,8 @@ from schemas.examples import raw_examples
 from services.api.app import create_app
 from services.api.security import Scope
 from services.bootstrap import Jokko, bootstrap
+from services.reconcile import INSTITUTIONS
+from services.reconcile_data import generate
 from services.settings import Settings
 from tests.factories import contributions, enrolments
 from tests.fakes.server import serve
@@ -337,3 +341,32 @@ def settings_env(settings: Settings) -> dict[str, str]:
         for name, value in settings.model_dump().items()
         if isinstance(value, str | int | float) and not isinstance(value, bool)
     }
+
+
+def test_reconciliation_run_over_the_api_reports_exactly_the_injected(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOKKO_RECONCILE_DIR", str(tmp_path))
+    buffers = {k: io.StringIO(newline="") for k in ("ledger", *INSTITUTIONS)}
+    truth = generate(60, 3, {k: b.write for k, b in buffers.items()}, rate=0.05, seed=5).truth
+    for name, buffer in buffers.items():
+        (tmp_path / f"{name}.txt").write_text(buffer.getvalue(), encoding="utf-8", newline="")
+    request = {"ledger": "ledger.txt", **{i: f"{i}.txt" for i in INSTITUTIONS}}
+    with api.client("operator") as op, api.client("css") as css:
+        assert css.post("/v1/reconciliations", json=request).status_code == 403
+        assert op.post("/v1/reconciliations", json={"ledger": "../etc/passwd"}).status_code == 422
+        started = op.post("/v1/reconciliations", json=request)
+        assert started.status_code == 202, started.text
+        run_id = started.json()["id"]
+        deadline = time.monotonic() + 60
+        while (run := op.get(f"/v1/reconciliations/{run_id}").json())["state"] != "done":
+            assert run["state"] != "failed", run
+            assert time.monotonic() < deadline, run
+            time.sleep(0.2)
+        report = op.get(f"/v1/reconciliations/{run_id}/report", params={"format": "csv"})
+        html = op.get(f"/v1/reconciliations/{run_id}/report", params={"format": "html"})
+    assert report.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(report.text)))
+    assert len(rows) == len(truth) > 0, "exactly the injected discrepancies"
+    assert html.status_code == 200
+    assert "<svg" in html.text
