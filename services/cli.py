@@ -101,22 +101,30 @@ def replay(
 
 @app.command()
 def demo(
-    kafka_bootstrap: Annotated[
-        str | None, typer.Option(help="Kafka bootstrap servers (default: JOKKO_KAFKA_BOOTSTRAP).")
-    ] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = 60,
+    members: Annotated[int, typer.Option(min=14, max=100_000, help="MSNAS members.")] = 2000,
+    workdir: Annotated[
+        Path, typer.Option(help="Folder for the store, logs and reports (wiped first).")
+    ] = Path(".jokko/demo"),
+    exit_at_end: Annotated[
+        bool, typer.Option("--exit", help="Stop at the end instead of serving the console.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds allowed for each wait.")] = 600,
 ) -> None:
-    """Publish the example events to the canonical topic, read them back, print a summary."""
+    """A month of MSNAS activity through the API, router and relay to fake CMU, CSS and IPRES,
+    with faults, a tally, and a reconciliation closed by re-drive (needs a Kafka broker:
+    JOKKO_KAFKA_BOOTSTRAP; `make demo` starts one)."""
     from services import demo as demo_flow
 
     console = Console()
+    options = demo_flow.Options(
+        members=members, workdir=workdir, exit_at_end=exit_at_end, timeout_s=timeout
+    )
     try:
-        overrides = {"kafka_bootstrap": kafka_bootstrap} if kafka_bootstrap else {}
-        ok = demo_flow.run(load_settings(**overrides), console, timeout)
+        outcome = demo_flow.run(load_settings(), console, options)
     except JokkoError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
-    raise typer.Exit(0 if ok else 1)
+    raise typer.Exit(0 if outcome.ok else 1)
 
 
 clients_app = typer.Typer(no_args_is_help=True, help="API clients (OAuth2 client credentials).")

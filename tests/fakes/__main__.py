@@ -1,0 +1,122 @@
+"""The three fake institutions as one process of their own, for the demo: ``python -m tests.fakes``.
+
+Real institutions are other systems, so the demo reaches the fakes the way Jokko reaches a
+partner: CMU and CSS over signed HTTP, IPRES through its file exchange. A small control API on
+another port lets the demo (playing the institutions' IT staff) turn the fault knobs, read what
+each one received and download its reconciliation extract.
+
+The shared secrets come from the environment (``JOKKO_FAKE_CMU_SECRET``, ``JOKKO_FAKE_CSS_SECRET``),
+the IPRES folders from ``--dir``. Once everything listens, one JSON line goes to stdout:
+``{"cmu": url, "css": url, "control": url, "ipres": {"inbox": ..., "acks": ...}}``.
+SIGTERM or SIGINT stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from tests.fakes.base import HttpFake
+from tests.fakes.cmu import FakeCMU
+from tests.fakes.css import FakeCSS
+from tests.fakes.faults import Faults
+from tests.fakes.ipres import FakeIPRES
+from tests.fakes.server import serve
+
+
+class FaultChange(BaseModel):
+    """The knobs a demo turns; absent fields are left as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error_rate: float | None = Field(default=None, ge=0, le=1)
+    drop_rate: float | None = Field(default=None, ge=0, le=1)
+    latency_s: float | None = Field(default=None, ge=0, le=30)
+    down: bool | None = None
+    reject_members: list[str] | None = None
+
+
+def control_app(fakes: dict[str, HttpFake]) -> FastAPI:
+    app = FastAPI(title="fake institutions: control", docs_url=None, redoc_url=None)
+
+    def fake(institution: str) -> HttpFake:
+        if institution not in fakes:
+            raise HTTPException(404, f"no fake institution {institution}")
+        return fakes[institution]
+
+    @app.put("/faults/{institution}")
+    def set_faults(institution: str, change: FaultChange) -> dict[str, Any]:
+        faults: Faults = fake(institution).faults
+        for name, value in change.model_dump(exclude_none=True).items():
+            setattr(faults, name, set(value) if name == "reject_members" else value)
+        return {"institution": institution, **change.model_dump(exclude_none=True)}
+
+    @app.get("/stats/{institution}")
+    def stats(institution: str) -> dict[str, Any]:
+        f = fake(institution)
+        requests = f.requests
+        return {
+            "requests": requests.total,
+            "by_status": {str(k): v for k, v in sorted(requests.by_status.items())},
+            "dropped": requests.dropped,
+            "received": len(f.received),
+            "accepted": len(f.recorder.accepted_ids()),
+        }
+
+    @app.get("/extract/{institution}", response_class=PlainTextResponse)
+    def extract(institution: str) -> str:
+        f = fake(institution)
+        make = getattr(f, "extract", None)
+        if make is None:
+            raise HTTPException(501, f"{institution} cannot produce an extract")
+        text: str = make()
+        return text
+
+    return app
+
+
+def _secret(name: str) -> bytes:
+    value = os.environ.get(name, "")
+    if len(value) < 32:
+        sys.exit(f"{name} must hold a shared secret of at least 32 characters")
+    return value.encode()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes", description=__doc__)
+    parser.add_argument("--dir", type=Path, required=True, help="folder for the IPRES exchange")
+    args = parser.parse_args(argv)
+    cmu = FakeCMU(_secret("JOKKO_FAKE_CMU_SECRET"), Faults(seed=1))
+    css = FakeCSS(_secret("JOKKO_FAKE_CSS_SECRET"), Faults(seed=2))
+    ipres = FakeIPRES(args.dir / "ipres-in", args.dir / "ipres-acks", Faults(seed=3))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with ExitStack() as stack:
+        cmu_url = stack.enter_context(serve(cmu.app))
+        css_url = stack.enter_context(serve(css.app))
+        stack.enter_context(ipres)
+        control = stack.enter_context(serve(control_app({"cmu": cmu, "css": css, "ipres": ipres})))
+        ready = {
+            "cmu": f"{cmu_url}/fhir",
+            "css": f"{css_url}/css/v1/documents",
+            "control": control,
+            "ipres": {"inbox": str(ipres.inbox), "acks": str(ipres.acks)},
+        }
+        print(json.dumps(ready), flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()
