@@ -30,6 +30,8 @@ class Rec(NamedTuple):
     else ``""``. ``package``/``status``/``dependents`` are compared only when the institution
     holds them (``""`` / ``-1`` mean "not held"). ``event_id`` is the mutual's canonical event that
     carried the record (ledger side only), which is how a missing record is re-driven.
+    ``compared_period`` is a period that is a compared fact rather than part of the key: the
+    comparison moves a claim's service month there, since a claim id alone is its identity.
     """
 
     member_id: str
@@ -43,12 +45,13 @@ class Rec(NamedTuple):
     status: str = ""
     dependents: int = -1
     event_id: str = ""
+    compared_period: str = ""
 
     def key(self) -> tuple[str, str, str, str, str, str]:
         return (self.member_id, self.institution, self.kind, self.period, self.branch, self.ref)
 
 
-COMPARED_FIELDS = ("amount", "package", "status", "dependents")
+COMPARED_FIELDS = ("amount", "period", "package", "status", "dependents")
 
 
 def region_of(member_id: str) -> str:

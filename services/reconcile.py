@@ -16,6 +16,7 @@ import pickle
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from enum import StrEnum
 from typing import IO, NamedTuple, Protocol
 
@@ -32,7 +33,7 @@ class Kind(StrEnum):
     EXTRA = "extra"
     """At the institution, not in the ledger."""
     MISMATCH = "mismatch"
-    """On both sides with different amount, package, status or dependents."""
+    """On both sides with different amount, period (claims), package, status or dependents."""
     DUPLICATE = "duplicate"
     """The institution holds the same record more than once (each copy beyond the first)."""
 
@@ -67,6 +68,45 @@ class Discrepancy(NamedTuple):
 
 
 CSV_HEADER = (*Discrepancy._fields, "xof_difference")
+
+
+PERIOD_HELP = "YYYY-MM, a range YYYY-MM..YYYY-MM, or 'previous' (the last closed month)"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The months a run reports on (inclusive; ``None``: all). Affiliations have no period and
+    are in every run: they are the institution's current state, not a month's."""
+
+    period_from: str | None = None
+    period_to: str | None = None
+
+    def covers(self, period: str) -> bool:
+        if not period or self.period_from is None:
+            return True
+        return self.period_from <= period <= (self.period_to or self.period_from)
+
+
+def _month(text: str) -> str:
+    if not (len(text) == 7 and text[4] == "-" and text[:4].isdigit() and text[5:].isdigit()):
+        raise ValueError(f"period {text!r} is not {PERIOD_HELP}")
+    if not 1 <= int(text[5:]) <= 12:
+        raise ValueError(f"period {text!r}: no month {text[5:]}")
+    return text
+
+
+def parse_period(text: str, today: date) -> tuple[str, str]:
+    """``(first, last)`` month of ``text``; ``previous`` is resolved against ``today``, so a
+    crontab line that says ``--period previous`` is right every month without editing."""
+    if text == "previous":
+        year, month = (today.year - 1, 12) if today.month == 1 else (today.year, today.month - 1)
+        p = f"{year:04d}-{month:02d}"
+        return p, p
+    first, sep, last = text.partition("..")
+    lo, hi = _month(first), _month(last) if sep else first
+    if lo > hi:
+        raise ValueError(f"period range {text!r} ends before it starts")
+    return lo, hi
 
 
 class OutOfOrder(Exception):
@@ -114,19 +154,18 @@ def expected_records(row: LedgerRow, institutions: frozenset[str]) -> Iterator[R
         if row.old_age and "ipres" in institutions:
             yield Rec(m, "ipres", c, row.period, "old_age", "", row.old_age, "", "", -1, ev)
     elif row.record == "claim" and "cmu" in institutions:
-        yield Rec(
-            m,
-            "cmu",
-            RecordKind.CLAIM,
-            row.period,
-            "",
-            row.claim_id,
-            row.total,
-            "",
-            row.status,
-            -1,
-            ev,
-        )
+        c = RecordKind.CLAIM
+        yield Rec(m, "cmu", c, "", "", row.claim_id, row.total, "", row.status, -1, ev, row.period)
+
+
+def claims_by_id(recs: Iterable[Rec]) -> Iterator[Rec]:
+    """Extract side: a claim is keyed by its id alone; its service month becomes a compared
+    fact, so a claim booked in another month is a period mismatch, not missing + extra."""
+    claim = RecordKind.CLAIM
+    for rec in recs:
+        if rec.kind == claim and rec.period:
+            rec = rec._replace(period="", compared_period=rec.period)
+        yield rec
 
 
 def ledger_records(rows: Iterable[LedgerRow], institutions: frozenset[str]) -> Iterator[Rec]:
@@ -211,6 +250,8 @@ def external_sort(recs: Iterable[Rec], chunk: int = 500_000) -> Iterator[Rec]:
 
 def _fmt(rec: Rec) -> str:
     parts = [f"amount={rec.amount}"]
+    if rec.compared_period:
+        parts.append(f"period={rec.compared_period}")
     if rec.package:
         parts.append(f"package={rec.package}")
     if rec.status:
@@ -224,6 +265,8 @@ def _differing(e: Rec, a: Rec) -> list[str]:
     out = []
     if e.amount != a.amount:
         out.append("amount")
+    if e.compared_period != a.compared_period:
+        out.append("period")
     if e.package and a.package and e.package != a.package:
         out.append("package")
     if e.status and a.status and e.status != a.status:
@@ -238,7 +281,8 @@ def _one_side(rec: Rec, kind: Kind, event_id: str = "") -> Discrepancy:
     actual = 0 if kind is Kind.MISSING else rec.amount
     text = _fmt(rec)
     return Discrepancy(
-        rec.institution, rec.kind, kind, rec.member_id, rec.period, rec.branch, rec.ref,
+        rec.institution, rec.kind, kind, rec.member_id, rec.period or rec.compared_period,
+        rec.branch, rec.ref,
         region_of(rec.member_id), expected, actual, "",
         text if kind is Kind.MISSING else "", "" if kind is Kind.MISSING else text,
         event_id,
@@ -268,8 +312,9 @@ def compare(expected: Iterable[Rec], actual: Iterable[Rec]) -> Iterator[Discrepa
                 diff = _differing(e, a)
                 if diff:
                     yield Discrepancy(
-                        e.institution, e.kind, Kind.MISMATCH, e.member_id, e.period, e.branch,
-                        e.ref, region_of(e.member_id), e.amount, a.amount, ",".join(diff),
+                        e.institution, e.kind, Kind.MISMATCH, e.member_id,
+                        e.period or e.compared_period, e.branch, e.ref, region_of(e.member_id),
+                        e.amount, a.amount, ",".join(diff),
                         _fmt(e), _fmt(a), e.event_id,
                     )  # fmt: skip
                 prev_key = a_key
@@ -344,13 +389,18 @@ def reconcile(
     totals: Totals,
     *,
     chunk: int = 500_000,
+    scope: Scope = Scope(),
 ) -> None:
     """Compare ``ledger`` with every institution in ``extracts`` (institution -> source),
-    feeding each discrepancy to ``collector`` and ``totals``. Streams when the sources are
-    grouped by member, else restarts once with external sorts."""
+    feeding each discrepancy of ``scope`` to ``collector`` and ``totals``. Streams when the
+    sources are grouped by member, else restarts once with external sorts.
+
+    The scope filters discrepancies, not records: everything is compared, so a claim whose
+    month differs at the institution is still a period mismatch, reported in the ledger's month.
+    """
     for sort in (by_member, lambda recs: external_sort(recs, chunk)):
         try:
-            _run(ledger, extracts, collector, totals, sort)
+            _run(ledger, extracts, collector, totals, sort, scope)
             return
         except OutOfOrder:
             collector.reset()
@@ -363,13 +413,15 @@ def _run(
     collector: Collector,
     totals: Totals,
     sort: Callable[[Iterable[Rec]], Iterator[Rec]],
+    scope: Scope,
 ) -> None:
     expected = merge_same_key(sort(_Counted(ledger(), totals.compared, 0)))
     actual = heapq.merge(*(sort(_Counted(src(), totals.compared, 1)) for src in extracts.values()))
-    add, total = collector.add, totals.add
+    add, total, covers = collector.add, totals.add, scope.covers
     for d in compare(expected, actual):
-        add(d)
-        total(d)
+        if covers(d.period):
+            add(d)
+            total(d)
 
 
 def ledger_source(open_lines: Callable[[], Iterable[str]], institutions: Iterable[str]) -> Source:
@@ -386,7 +438,9 @@ def extract_source(institution: str, open_lines: Callable[[], Iterable[str]]) ->
     from adapters.css.extract import parse_extract as css
     from adapters.ipres.extract import parse_extract as ipres
 
-    parse = {"cmu": cmu, "css": css, "ipres": ipres}[institution]
+    if institution == "cmu":
+        return lambda: claims_by_id(cmu(open_lines()))
+    parse = {"css": css, "ipres": ipres}[institution]
     return lambda: parse(open_lines())
 
 

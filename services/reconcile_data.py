@@ -33,6 +33,8 @@ _LINE = {
 @dataclass
 class Generated:
     truth: set[TruthKey] = field(default_factory=set)
+    mismatched: dict[TruthKey, str] = field(default_factory=dict)
+    """The field each injected mismatch changed (``amount``, ``period``, ``package``...)."""
     members: int = 0
     ledger_rows: int = 0
     extract_lines: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INSTITUTIONS, 0))
@@ -59,7 +61,9 @@ def member_ids(members: int) -> Iterator[str]:
             yield f"MSNAS-{region}-{serial:06d}"
 
 
-def ledger_rows(member_id: str, rng: random.Random, months: list[str]) -> list[LedgerRow]:
+def ledger_rows(
+    member_id: str, rng: random.Random, months: list[str], claim_share: float = 0.05
+) -> list[LedgerRow]:
     """One member's rows: enrolment, monthly mobile-money contributions, sometimes a claim."""
     branches = ["health"]
     odds = (("family", 0.5), ("work_accident", 0.3), ("old_age", 0.4))
@@ -87,7 +91,7 @@ def ledger_rows(member_id: str, rng: random.Random, months: list[str]) -> list[L
                 work_accident=work_accident, old_age=old_age, total=total,
             )
         )  # fmt: skip
-    if rng.random() < 0.05:
+    if rng.random() < claim_share:
         serial = int(member_id[-6:]) * 100 + _REGIONS.index(member_id.split("-")[1])
         rows.append(
             LedgerRow(
@@ -106,14 +110,33 @@ def _event_id(rng: random.Random) -> str:
     )  # fmt: skip
 
 
-def _mismatch(rec: Rec) -> Rec:
+def _mismatch(rec: Rec, rng: random.Random, months: list[str]) -> tuple[Rec, str]:
+    """``rec`` as the institution holds it with one compared field changed, and that field."""
     if rec.kind == RecordKind.AFFILIATION:
-        if rec.institution == "cmu":
-            return rec._replace(
-                package="base" if rec.package == "complementary" else "complementary"
-            )
-        return rec._replace(status="lapsed" if rec.status == "active" else "active")
-    return rec._replace(amount=rec.amount + 500)
+        fields = ["status"]
+        if rec.package:
+            fields.append("package")
+        if rec.dependents >= 0:
+            fields.append("dependents")
+    elif rec.kind == RecordKind.CLAIM:
+        fields = ["amount", "status", "period"]
+    else:
+        fields = ["amount"]
+    name = fields[rng.randrange(len(fields))]
+    if name == "package":
+        return rec._replace(
+            package="base" if rec.package == "complementary" else "complementary"
+        ), name
+    if name == "dependents":
+        return rec._replace(dependents=rec.dependents + 1), name
+    if name == "status":
+        if rec.kind == RecordKind.CLAIM:
+            return rec._replace(status="cancelled"), name
+        return rec._replace(status="lapsed" if rec.status == "active" else "active"), name
+    if name == "period":
+        other = [m for m in months if m != rec.compared_period] or ["2000-01"]
+        return rec._replace(compared_period=other[rng.randrange(len(other))]), name
+    return rec._replace(amount=rec.amount + 500), name
 
 
 def _extra(rec: Rec) -> Rec:
@@ -132,9 +155,12 @@ def generate(
     *,
     rate: float = 0.001,
     seed: int = 7,
+    claim_share: float = 0.05,
 ) -> Generated:
     """Write the ledger (``write["ledger"]``) and each institution's extract; inject one
-    discrepancy into about ``rate`` of the institutions' records.
+    discrepancy into about ``rate`` of the institutions' records; ``claim_share`` of the
+    members have a claim. A mismatch changes one field the institution holds: the amount,
+    a claim's month or status, an affiliation's package, status or dependents.
     ``extra`` records: a month ten years before, an affiliation of
     an id unknown to the mutual, a claim id the mutual never issued."""
     rng = random.Random(seed)
@@ -151,7 +177,7 @@ def generate(
     kinds = (Kind.MISSING, Kind.MISMATCH, Kind.DUPLICATE, Kind.EXTRA)
     for member_id in member_ids(members):
         out.members += 1
-        rows = ledger_rows(member_id, rng, month_list)
+        rows = ledger_rows(member_id, rng, month_list, claim_share)
         write["ledger"]("".join(ledger_line(r) for r in rows))
         out.ledger_rows += len(rows)
         for row in rows:
@@ -163,7 +189,8 @@ def generate(
                         held = []
                         target = rec
                     elif kind is Kind.MISMATCH:
-                        held = [_mismatch(rec)]
+                        changed, name = _mismatch(rec, inj, month_list)
+                        held = [changed]
                         target = rec
                     elif kind is Kind.DUPLICATE:
                         held = [rec, rec]
@@ -175,10 +202,18 @@ def generate(
                             tails[rec.institution].append(target)  # sorts after the member
                         else:
                             held.append(target)
-                    out.truth.add(
-                        (rec.institution, rec.kind, kind, target.member_id, target.period,
-                         target.branch, target.ref)
-                    )  # fmt: skip
+                    key = (
+                        rec.institution,
+                        rec.kind,
+                        kind,
+                        target.member_id,
+                        target.period or target.compared_period,
+                        target.branch,
+                        target.ref,
+                    )
+                    out.truth.add(key)  # fmt: skip
+                    if kind is Kind.MISMATCH:
+                        out.mismatched[key] = name
                 line = _LINE[rec.institution]
                 for h in held:
                     buffers[rec.institution].append(line(h))

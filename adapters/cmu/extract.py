@@ -156,7 +156,7 @@ def extract_line(rec: Rec) -> str:
             "identifier": [{"system": s.CLAIM_ID, "value": rec.ref}],
             "status": rec.status,
             "patient": {"identifier": {"system": s.MEMBER_ID, "value": rec.member_id}},
-            "billablePeriod": {"start": f"{rec.period}-15"},
+            "billablePeriod": {"start": f"{rec.compared_period or rec.period}-15"},
             "total": {"value": rec.amount, "currency": "XOF"},
         }
     return json.dumps(res, separators=(",", ":"))

@@ -28,19 +28,29 @@ from services.reconcile import (
     ledger_source,
     reconcile,
 )
-from services.reconcile_data import generate
+from services.reconcile_data import Generated, generate
 from services.reconcile_report import to_csv, to_html, to_json
 from services.reconcile_runs import summary_of
 
 pytestmark = pytest.mark.unit
 
 
+def _generated(
+    members: int, rate: float, seed: int = 7, claim_share: float = 0.05
+) -> tuple[dict[str, str], Generated]:
+    bufs = {k: io.StringIO(newline="") for k in ("ledger", *INSTITUTIONS)}
+    gen = generate(
+        members, 6, {k: b.write for k, b in bufs.items()}, rate=rate, seed=seed,
+        claim_share=claim_share,
+    )  # fmt: skip
+    return {k: b.getvalue() for k, b in bufs.items()}, gen
+
+
 def _dataset(
     members: int, rate: float, seed: int = 7
 ) -> tuple[dict[str, str], set[tuple[str, ...]]]:
-    bufs = {k: io.StringIO(newline="") for k in ("ledger", *INSTITUTIONS)}
-    gen = generate(members, 6, {k: b.write for k, b in bufs.items()}, rate=rate, seed=seed)
-    return {k: b.getvalue() for k, b in bufs.items()}, set(gen.truth)
+    texts, gen = _generated(members, rate, seed)
+    return texts, set(gen.truth)
 
 
 def _opener(text: str) -> Callable[[], Iterable[str]]:
@@ -66,13 +76,44 @@ def _found(col: ListCollector) -> set[tuple[str, ...]]:
 
 
 def test_every_injected_discrepancy_is_found_and_nothing_else() -> None:
-    texts, truth = _dataset(600, 0.02)
+    texts, gen = _generated(600, 0.1, claim_share=0.8)
+    truth = set(gen.truth)
     assert {t[2] for t in truth} == set(Kind)  # every kind injected
     assert {t[0] for t in truth} == set(INSTITUTIONS)
+    injected_fields = {(k[1], f) for k, f in gen.mismatched.items()}
+    assert injected_fields == {
+        ("affiliation", "package"),
+        ("affiliation", "status"),
+        ("affiliation", "dependents"),
+        ("contribution", "amount"),
+        ("claim", "amount"),
+        ("claim", "status"),
+        ("claim", "period"),
+    }
+    assert {k[0] for k, f in gen.mismatched.items() if f == "dependents"} == {"cmu", "css"}
     col, totals = _run(texts)
     assert _found(col) == truth
     assert len(col.items) == len(truth)
     assert sum(c for c, _ in totals.cells.values()) == len(truth)
+    found_fields = {
+        (d.institution, d.record, d.kind, d.member_id, d.period, d.branch, d.ref): d.fields
+        for d in col.items
+        if d.kind == Kind.MISMATCH
+    }
+    assert found_fields == gen.mismatched  # each mismatch names exactly the changed field
+
+
+def test_a_claim_booked_in_another_month_is_a_period_mismatch_in_the_ledgers_month() -> None:
+    texts, gen = _generated(600, 0.1, claim_share=0.8)
+    moved = [k for k, f in gen.mismatched.items() if f == "period"]
+    assert moved
+    col, _ = _run(texts)
+    by_key = {(d.member_id, d.ref): d for d in col.items if d.record == "claim"}
+    for key in moved:
+        d = by_key[(key[3], key[6])]
+        assert (d.kind, d.period, d.fields) == ("mismatch", key[4], "period")
+        assert f"period={key[4]}" in d.expected
+        assert f"period={key[4]}" not in d.actual
 
 
 def test_xof_difference_is_what_the_institution_holds_minus_the_ledger() -> None:
