@@ -37,7 +37,7 @@ test-unit: install
 
 demo: install
 	scripts/kafka.sh fetch
-	scripts/demo.sh
+	scripts/demo.sh $(ARGS)
 
 # Benchmarks write bench/results/<bench>.json and regenerate bench/RESULTS.md.
 # bench.router starts its own Kafka broker and PostgreSQL (about 5 minutes on 2 cores).
