@@ -264,6 +264,9 @@ class ReconciliationRunRow(Base):
     institutions: Mapped[str] = mapped_column(String(64))
     sources: Mapped[str] = mapped_column(Text)
     """JSON: the ledger and extract files compared."""
+    period_from: Mapped[str | None] = mapped_column(String(7))
+    """First month the run reports on (``YYYY-MM``); null with ``period_to``: every month."""
+    period_to: Mapped[str | None] = mapped_column(String(7))
     summary: Mapped[str | None] = mapped_column(Text)
     """JSON: counts and XOF differences per institution, region, period, branch, kind."""
     error: Mapped[str | None] = mapped_column(Text)

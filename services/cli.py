@@ -74,11 +74,13 @@ def api() -> None:
     import uvicorn
 
     from services.api.app import create_app
+    from services.api.security import RateLimiter
 
     _configure_logging()
     jokko = _jokko()
+    limiter = RateLimiter(jokko.settings.api_rate_per_s, jokko.settings.api_rate_burst)
     uvicorn.run(
-        create_app(jokko),
+        create_app(jokko, rate_limiter=limiter),
         host=jokko.settings.api_host,
         port=jokko.settings.api_port,
         log_config=None,
@@ -236,32 +238,74 @@ def contracts_export(
     Console().print(f"wrote {', '.join(p.name for p in written)} to {out}")
 
 
-@app.command()
+@app.command(
+    epilog="Scheduled runs, e.g. this crontab line (06:00 on the 5th of each month: CSS and "
+    "IPRES for the month that just closed, one report folder per run):\n\n"
+    "0 6 5 * * cd /srv/jokko && jokko reconcile --institution css --institution ipres "
+    "--period previous --out 'reports/{period}-{run}'"
+)
 def reconcile(
-    ledger: Annotated[Path, typer.Argument(help="MSNAS ledger export (CSV).", exists=True)],
-    cmu: Annotated[Path | None, typer.Option(help="CMU FHIR NDJSON extract.", exists=True)] = None,
-    css: Annotated[Path | None, typer.Option(help="CSS CSV statement.", exists=True)] = None,
-    ipres: Annotated[Path | None, typer.Option(help="IPRES statement file.", exists=True)] = None,
+    ledger: Annotated[
+        Path | None, typer.Argument(help="MSNAS ledger export (CSV); default ledger.csv in --dir.")
+    ] = None,
+    cmu: Annotated[Path | None, typer.Option(help="CMU FHIR NDJSON extract.")] = None,
+    css: Annotated[Path | None, typer.Option(help="CSS CSV statement.")] = None,
+    ipres: Annotated[Path | None, typer.Option(help="IPRES statement file.")] = None,
+    institution: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--institution",
+            "-i",
+            help="Only this institution (repeatable); its extract defaults to cmu.ndjson, "
+            "css.csv or ipres.txt in --dir.",
+        ),
+    ] = None,
+    period: Annotated[
+        str | None,
+        typer.Option(
+            help="Months to report on: YYYY-MM, YYYY-MM..YYYY-MM, or 'previous' (the last "
+            "closed month, resolved when the run starts: a crontab line stays right)."
+        ),
+    ] = None,
+    folder: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Folder of the files; default JOKKO_RECONCILE_DIR."),
+    ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Folder for report.json, report.csv, report.html.")
+        Path | None,
+        typer.Option(
+            help="Folder for report.json, report.csv, report.html; {run} and {period} in it "
+            "are replaced (one folder per scheduled run)."
+        ),
     ] = None,
     redrive: Annotated[
         bool, typer.Option(help="Re-drive every missing record through the router.")
     ] = False,
 ) -> None:
     """Compare the mutual's ledger with the institutions' extracts; keep the run and report."""
+    from datetime import UTC, datetime
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from services.reconcile_cli import reconcile_command
+    from services.reconcile import Scope, parse_period
+    from services.reconcile_cli import reconcile_command, resolve_sources
+    from services.reconcile_runs import reconcile_dir
 
-    extracts = {k: v for k, v in (("cmu", cmu), ("css", css), ("ipres", ipres)) if v is not None}
-    if not extracts:
-        Console(stderr=True).print("[red]error:[/] give at least one of --cmu, --css, --ipres")
-        raise typer.Exit(2)
+    try:
+        scope = Scope(*parse_period(period, datetime.now(UTC).date())) if period else Scope()
+        ledger, extracts = resolve_sources(
+            folder or reconcile_dir(),
+            ledger,
+            {"cmu": cmu, "css": css, "ipres": ipres},
+            [i.lower() for i in institution or []],
+        )
+    except ValueError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     engine = bootstrap(load_settings(), kafka=False).engine
     columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("reconciling", total=ledger.stat().st_size)
         reconcile_command(
-            engine, _actor(), ledger, extracts, out, redrive, lambda n: bar.advance(task, n)
+            engine, _actor(), ledger, extracts, out, redrive, lambda n: bar.advance(task, n), scope
         )

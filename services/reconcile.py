@@ -87,6 +87,9 @@ class Scope:
         return self.period_from <= period <= (self.period_to or self.period_from)
 
 
+EVERY_MONTH = Scope()
+
+
 def _month(text: str) -> str:
     if not (len(text) == 7 and text[4] == "-" and text[:4].isdigit() and text[5:].isdigit()):
         raise ValueError(f"period {text!r} is not {PERIOD_HELP}")
@@ -389,7 +392,7 @@ def reconcile(
     totals: Totals,
     *,
     chunk: int = 500_000,
-    scope: Scope = Scope(),
+    scope: Scope = EVERY_MONTH,
 ) -> None:
     """Compare ``ledger`` with every institution in ``extracts`` (institution -> source),
     feeding each discrepancy of ``scope`` to ``collector`` and ``totals``. Streams when the

@@ -156,6 +156,7 @@ def generate(
     rate: float = 0.001,
     seed: int = 7,
     claim_share: float = 0.05,
+    first_period: str = "2025-01",
 ) -> Generated:
     """Write the ledger (``write["ledger"]``) and each institution's extract; inject one
     discrepancy into about ``rate`` of the institutions' records; ``claim_share`` of the
@@ -165,7 +166,7 @@ def generate(
     an id unknown to the mutual, a claim id the mutual never issued."""
     rng = random.Random(seed)
     inj = random.Random(seed + 1)
-    month_list = periods(months)
+    month_list = periods(months, first_period)
     out = Generated()
     every = frozenset(INSTITUTIONS)
     buffers: dict[str, list[str]] = {i: [] for i in INSTITUTIONS}
@@ -236,7 +237,13 @@ def generate(
 
 
 def generate_files(
-    directory: Path, members: int, months: int, *, rate: float = 0.001, seed: int = 7
+    directory: Path,
+    members: int,
+    months: int,
+    *,
+    rate: float = 0.001,
+    seed: int = 7,
+    first_period: str = "2025-01",
 ) -> tuple[Generated, dict[str, Path]]:
     """``generate`` into ``ledger.csv``, ``cmu.ndjson``, ``css.csv`` and ``ipres.txt``."""
     names = {"ledger": "ledger.csv", "cmu": "cmu.ndjson", "css": "css.csv", "ipres": "ipres.txt"}
@@ -246,8 +253,9 @@ def generate_files(
     }
     try:
         gen = generate(
-            members, months, {k: f.write for k, f in files.items()}, rate=rate, seed=seed
-        )
+            members, months, {k: f.write for k, f in files.items()}, rate=rate, seed=seed,
+            first_period=first_period,
+        )  # fmt: skip
     finally:
         for f in files.values():
             f.close()

@@ -14,6 +14,7 @@ from services.reconcile import CSV_HEADER, Discrepancy
 
 COLUMNS = Discrepancy._fields
 _KIND_COLS = ("institution", "record", "kind")
+_RPB_COLS = ("region", "period", "branch", "institution", "count", "xof_difference")
 
 
 def _row(item: Any) -> dict[str, Any]:
@@ -87,8 +88,16 @@ def _table(rows: list[dict[str, Any]], cols: tuple[str, ...]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _scope(run: Mapping[str, Any]) -> str:
+    institutions = ", ".join(run.get("institutions") or ()) or "all institutions"
+    lo, hi = run.get("period_from"), run.get("period_to")
+    months = "every month" if not lo else lo if lo == hi else f"{lo}..{hi}"
+    return f"{institutions} · {months}"
+
+
 def to_html(run: Mapping[str, Any], items: Iterable[Any], *, limit: int = 500) -> str:
-    """The page an officer reads: summary by institution and kind, chart, first ``limit`` rows."""
+    """The page an officer reads: summary by institution and kind, chart and table of totals by
+    region, period and branch (with the XOF difference), first ``limit`` rows."""
     summary = run.get("summary") or {}
     rows = [_row(i) for _, i in zip(range(limit), items, strict=False)]
     title = f"Reconciliation run {run.get('id', '')}"
@@ -98,7 +107,7 @@ def to_html(run: Mapping[str, Any], items: Iterable[Any], *, limit: int = 500) -
         f"<title>{escape(title)}</title><style>body{{font-family:sans-serif}}"
         "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:2px 6px}</style>"
         f"</head><body><h1>{escape(title)}</h1>"
-        f"<p>state {escape(str(run.get('state', '')))} · started "
+        f"<p>state {escape(str(run.get('state', '')))} · {escape(_scope(run))} · started "
         f"{escape(str(run.get('started_at', '')))}"
         f" · {summary.get('total', 0)} discrepancies</p>"
         "<h2>Records compared</h2>"
@@ -107,6 +116,9 @@ def to_html(run: Mapping[str, Any], items: Iterable[Any], *, limit: int = 500) -
         + _table(summary.get("by_kind", []), (*_KIND_COLS, "count", "xof_difference"))
         + "<h2>By region and period</h2>"
         + _chart(summary.get("by_region_period", []))
+        + "<h2>By region, period and branch</h2>"
+        + _table(sorted(summary.get("by_institution_region_period_branch", []),
+                        key=lambda r: tuple(str(r[c]) for c in _RPB_COLS[:4])), _RPB_COLS)
         + f"<h2>Discrepancies (first {limit})</h2>"
         + _table(rows, (*COLUMNS[:10], "xof_difference", "fields", "expected", "actual"))
         + "</body></html>"

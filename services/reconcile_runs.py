@@ -18,6 +18,7 @@ without touching the outbox. Per outbox state of the missing record's delivery:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -35,9 +36,11 @@ from router.store import (
     utcnow,
 )
 from services.reconcile import (
+    EVERY_MONTH,
     INSTITUTIONS,
     Discrepancy,
     Kind,
+    Scope,
     Totals,
     extract_source,
     ledger_source,
@@ -45,6 +48,15 @@ from services.reconcile import (
 )
 
 _BATCH = 5_000
+LEDGER_NAME = "ledger.csv"
+EXTRACT_NAMES = {"cmu": "cmu.ndjson", "css": "css.csv", "ipres": "ipres.txt"}
+"""The files a scheduled run reads from the reconciliation folder when none is named."""
+
+
+def reconcile_dir() -> Path:
+    """Where ledger exports and extracts arrive (``JOKKO_RECONCILE_DIR``): they are large and
+    come by file transfer, so runs name files in this folder rather than upload them."""
+    return Path(os.environ.get("JOKKO_RECONCILE_DIR", ".jokko/reconcile")).resolve()
 
 
 class _DbCollector:
@@ -120,12 +132,17 @@ def summary_of(totals: Totals) -> dict[str, object]:
     }
 
 
-def create_run(engine: Engine, actor: str, ledger: Path, extracts: dict[str, Path]) -> int:
+def create_run(
+    engine: Engine, actor: str, ledger: Path, extracts: dict[str, Path], scope: Scope = EVERY_MONTH
+) -> int:
+    """A kept run of these institutions (the extracts given) over ``scope``'s months."""
     with Session(engine) as s, s.begin():
         run = ReconciliationRunRow(
             actor=actor,
             institutions=",".join(i for i in INSTITUTIONS if i in extracts),
             sources=json.dumps({"ledger": str(ledger), **{k: str(v) for k, v in extracts.items()}}),
+            period_from=scope.period_from,
+            period_to=scope.period_to if scope.period_from else None,
         )
         s.add(run)
         s.flush()
@@ -142,8 +159,12 @@ def execute_run(
     chunk: int = 500_000,
     progress: Callable[[int], object] | None = None,
 ) -> dict[str, object]:
-    """Compare and store; the run ends ``done`` with its summary, or ``failed`` with why."""
+    """Compare and store; the run ends ``done`` with its summary, or ``failed`` with why.
+    The scope is the one kept with the run."""
     collector, totals = _DbCollector(engine, run_id), Totals()
+    with Session(engine) as s:
+        row = s.get_one(ReconciliationRunRow, run_id)
+        scope = Scope(row.period_from, row.period_to)
     try:
         unknown = set(extracts) - set(INSTITUTIONS)
         if unknown:
@@ -154,6 +175,7 @@ def execute_run(
             collector,
             totals,
             chunk=chunk,
+            scope=scope,
         )
         collector.flush()
     except Exception as exc:
@@ -177,8 +199,9 @@ def run_files(
     *,
     chunk: int = 500_000,
     progress: Callable[[int], object] | None = None,
+    scope: Scope = EVERY_MONTH,
 ) -> int:
-    run_id = create_run(engine, actor, ledger, extracts)
+    run_id = create_run(engine, actor, ledger, extracts, scope)
     execute_run(engine, run_id, ledger, extracts, chunk=chunk, progress=progress)
     return run_id
 

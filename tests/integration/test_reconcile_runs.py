@@ -23,7 +23,7 @@ from router.store import (
     ReconciliationRunRow,
     TrailRow,
 )
-from services.reconcile import INSTITUTIONS, Kind
+from services.reconcile import INSTITUTIONS, Kind, Scope
 from services.reconcile_data import generate
 from services.reconcile_runs import items, redrive, run_files
 
@@ -133,3 +133,19 @@ def test_a_failed_run_says_why(engine: Engine, tmp_path: Path) -> None:
         run = s.scalars(select(ReconciliationRunRow)).one()
     assert run.state == "failed"
     assert run.error
+
+
+def test_a_scoped_run_keeps_its_scope_and_only_its_discrepancies(
+    engine: Engine, tmp_path: Path
+) -> None:
+    paths, truth = _files(tmp_path)
+    scope = Scope("2025-02", "2025-02")
+    run_id = run_files(engine, "cron", paths["ledger"], {"css": paths["css"]}, scope=scope)
+    with Session(engine) as s:
+        run = s.get_one(ReconciliationRunRow, run_id)
+        assert (run.institutions, run.period_from, run.period_to) == ("css", "2025-02", "2025-02")
+        found = {(r.institution, r.record, r.kind, r.member_id, r.period, r.branch, r.ref)
+                 for r in items(s, run_id)}  # fmt: skip
+    expected = {t for t in truth if t[0] == "css" and t[4] in ("2025-02", "")}
+    assert {t[4] for t in truth if t[0] == "css"} - {"2025-02", ""}  # other months had some
+    assert found == expected

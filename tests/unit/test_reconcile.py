@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Callable, Iterable
+from datetime import date
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,15 +18,18 @@ from adapters.extract import MalformedExtract, Rec
 from adapters.ipres import extract as ipres
 from adapters.msnas.ledger import MalformedLedger, parse_ledger
 from services.reconcile import (
+    EVERY_MONTH,
     INSTITUTIONS,
     Kind,
     ListCollector,
+    Scope,
     Totals,
     by_member,
     compare,
     external_sort,
     extract_source,
     ledger_source,
+    parse_period,
     reconcile,
 )
 from services.reconcile_data import Generated, generate
@@ -57,7 +61,9 @@ def _opener(text: str) -> Callable[[], Iterable[str]]:
     return lambda: io.StringIO(text, newline="")
 
 
-def _run(texts: dict[str, str], chunk: int = 500_000) -> tuple[ListCollector, Totals]:
+def _run(
+    texts: dict[str, str], chunk: int = 500_000, scope: Scope = EVERY_MONTH
+) -> tuple[ListCollector, Totals]:
     col, totals = ListCollector(), Totals()
     reconcile(
         ledger_source(_opener(texts["ledger"]), INSTITUTIONS),
@@ -65,6 +71,7 @@ def _run(texts: dict[str, str], chunk: int = 500_000) -> tuple[ListCollector, To
         col,
         totals,
         chunk=chunk,
+        scope=scope,
     )
     return col, totals
 
@@ -219,3 +226,59 @@ def test_reports_in_json_csv_and_html() -> None:
     assert "<svg" in html
     assert "<script" not in html
     assert "SN-DK" in html
+    # the totals table by region, period and branch, with the XOF difference of each cell
+    section = html.split("<h2>By region, period and branch</h2>")[1].split("<h2>")[0]
+    cells = run["summary"]["by_institution_region_period_branch"]  # type: ignore[index]
+    assert cells
+    assert section.count("<tr>") == len(cells) + 1
+    assert "<th>xof_difference</th>" in section
+    for c in cells:
+        assert (
+            f"<tr><td>{c['region']}</td><td>{c['period']}</td><td>{c['branch']}</td>"
+            f"<td>{c['institution']}</td><td>{c['count']}</td><td>{c['xof_difference']}</td></tr>"
+        ) in section
+
+
+@pytest.mark.parametrize(
+    ("scope", "months"),
+    [
+        (Scope("2025-03", "2025-03"), {"2025-03"}),
+        (Scope("2025-02", "2025-04"), {"2025-02", "2025-03", "2025-04"}),
+    ],
+)
+def test_a_period_scoped_run_reports_only_that_periods_discrepancies(
+    scope: Scope, months: set[str]
+) -> None:
+    texts, gen = _generated(600, 0.1, claim_share=0.8)
+    col, totals = _run(texts, scope=scope)
+    in_scope = {t for t in gen.truth if t[4] in months or (t[4] == "" and t[1] == "affiliation")}
+    assert {t[4] for t in gen.truth} - months - {""}  # other months had discrepancies too
+    assert _found(col) == in_scope
+    assert {d.period for d in col.items} <= months | {""}
+    assert sum(c for c, _ in totals.cells.values()) == len(in_scope)
+    # a claim booked at the institution in another month is still a period mismatch, in scope
+    # by its ledger month
+    fields = {(d.member_id, d.ref, d.period): d.fields for d in col.items if d.kind == "mismatch"}
+    assert fields == {(k[3], k[6], k[4]): f for k, f in gen.mismatched.items() if k in in_scope}
+
+
+@pytest.mark.parametrize(
+    ("text", "today", "expected"),
+    [
+        ("previous", date(2026, 12, 3), ("2026-11", "2026-11")),
+        ("previous", date(2027, 1, 1), ("2026-12", "2026-12")),
+        ("previous", date(2026, 3, 31), ("2026-02", "2026-02")),
+        ("2025-07", date(2026, 1, 1), ("2025-07", "2025-07")),
+        ("2025-01..2025-06", date(2026, 1, 1), ("2025-01", "2025-06")),
+    ],
+)
+def test_periods_and_previous_resolved_at_run_time(
+    text: str, today: date, expected: tuple[str, str]
+) -> None:
+    assert parse_period(text, today) == expected
+
+
+@pytest.mark.parametrize("text", ["2025-13", "2025-1", "25-01", "2025-06..2025-01", "last", ""])
+def test_a_malformed_period_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="period"):
+        parse_period(text, date(2026, 1, 1))
