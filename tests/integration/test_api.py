@@ -352,21 +352,66 @@ def test_reconciliation_run_over_the_api_reports_exactly_the_injected(
     for name, buffer in buffers.items():
         (tmp_path / f"{name}.txt").write_text(buffer.getvalue(), encoding="utf-8", newline="")
     request = {"ledger": "ledger.txt", **{i: f"{i}.txt" for i in INSTITUTIONS}}
+    scoped = {
+        "ledger": "ledger.txt",
+        "css": "css.txt",
+        "institutions": ["css"],
+        "period": "2025-02",
+    }
     with api.client("operator") as op, api.client("css") as css:
         assert css.post("/v1/reconciliations", json=request).status_code == 403
+        assert css.get("/v1/reconciliations").status_code == 403
         assert op.post("/v1/reconciliations", json={"ledger": "../etc/passwd"}).status_code == 422
+        for bad in (
+            {"period": "2025-13"},
+            {"period": "2025-1"},
+            {"institutions": ["cnss"]},
+            {"institutions": ["ipres"], "period": "previous"},
+        ):  # no ledger.csv there
+            assert op.post("/v1/reconciliations", json=bad).status_code == 422, bad
         started = op.post("/v1/reconciliations", json=request)
         assert started.status_code == 202, started.text
         run_id = started.json()["id"]
-        deadline = time.monotonic() + 60
-        while (run := op.get(f"/v1/reconciliations/{run_id}").json())["state"] != "done":
-            assert run["state"] != "failed", run
-            assert time.monotonic() < deadline, run
-            time.sleep(0.2)
+        _reconciled(op, run_id)
         report = op.get(f"/v1/reconciliations/{run_id}/report", params={"format": "csv"})
         html = op.get(f"/v1/reconciliations/{run_id}/report", params={"format": "html"})
+        scoped_id = op.post("/v1/reconciliations", json=scoped).json()["id"]
+        scoped_run = _reconciled(op, scoped_id)
+        scoped_report = op.get(f"/v1/reconciliations/{scoped_id}/report", params={"format": "csv"})
+        first_page = op.get("/v1/reconciliations", params={"limit": 1})
+        second_page = op.get(
+            "/v1/reconciliations", params={"limit": 1, "cursor": first_page.json()["next_cursor"]}
+        )
+        of_cmu = op.get("/v1/reconciliations", params={"institution": "cmu"}).json()
+        failed = op.get("/v1/reconciliations", params={"state": "failed"}).json()
+        assert op.get("/v1/reconciliations", params={"cursor": "nope"}).status_code == 400
     assert report.status_code == 200
-    rows = list(csv.DictReader(io.StringIO(report.text)))
-    assert len(rows) == len(truth) > 0, "exactly the injected discrepancies"
+    assert _report_keys(report.text) == truth, "exactly the injected discrepancies"
     assert html.status_code == 200
     assert "<svg" in html.text
+    assert "<h2>By region, period and branch</h2>" in html.text
+    assert (scoped_run["institutions"], scoped_run["period_from"]) == (["css"], "2025-02")
+    assert _report_keys(scoped_report.text) == {
+        t for t in truth if t[0] == "css" and t[4] in ("2025-02", "")
+    }
+    assert [r["id"] for r in first_page.json()["items"]] == [scoped_id]  # newest first
+    assert [r["id"] for r in second_page.json()["items"]] == [run_id]
+    assert second_page.json()["next_cursor"] is None
+    listed = second_page.json()["items"][0]
+    assert (listed["state"], listed["discrepancies"]) == ("done", len(truth))
+    assert [r["id"] for r in of_cmu["items"]] == [run_id]
+    assert failed == {"items": [], "next_cursor": None}
+
+
+def _reconciled(op: httpx.Client, run_id: int) -> dict[str, object]:
+    deadline = time.monotonic() + 60
+    while (run := op.get(f"/v1/reconciliations/{run_id}").json())["state"] != "done":
+        assert run["state"] != "failed", run
+        assert time.monotonic() < deadline, run
+        time.sleep(0.2)
+    return dict(run)
+
+
+def _report_keys(report_csv: str) -> set[tuple[str, ...]]:
+    cols = ("institution", "record", "kind", "member_id", "period", "branch", "ref")
+    return {tuple(r[c] for c in cols) for r in csv.DictReader(io.StringIO(report_csv))}

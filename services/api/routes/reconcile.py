@@ -1,29 +1,41 @@
 """Reconciliation runs over the API: start one on files already in the reconciliation folder
 (``JOKKO_RECONCILE_DIR``, default ``.jokko/reconcile``: extracts are large and arrive by file
-transfer, not in a request body), follow its state, read its report as JSON, CSV or HTML, and
-re-drive its missing records. Every run and re-drive is audited with the caller."""
+transfer, not in a request body), scoped to institutions and months (a scheduler can post
+``{"institutions": ["css"], "period": "previous"}`` every month unchanged), list and follow
+runs, read a report as JSON, CSV or HTML, and re-drive its missing records. Every run and
+re-drive is audited with the caller."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from router.store import ReconciliationRunRow
+from services.api import pagination
 from services.api.deps import JokkoDep, SessionDep
 from services.api.pagination import MAX_ID
 from services.api.problems import PROBLEM_RESPONSES, problem_responses
 from services.api.security import Principal, Scope, require
-from services.reconcile_cli import run_dict
+from services.reconcile import PERIOD_HELP, parse_period
+from services.reconcile import Scope as RunScope
+from services.reconcile_cli import SourceError, resolve_sources, run_dict
 from services.reconcile_report import to_csv, to_html, to_json
-from services.reconcile_runs import create_run, execute_run, items, redrive
+from services.reconcile_runs import (
+    LEDGER_NAME,
+    create_run,
+    execute_run,
+    items,
+    reconcile_dir,
+    redrive,
+)
 
 router = APIRouter(
     prefix="/v1/reconciliations", tags=["reconciliation"], responses=PROBLEM_RESPONSES
@@ -32,17 +44,31 @@ router = APIRouter(
 Operator = Annotated[Principal, require(Scope.RECONCILE)]
 RunId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-
-
-def reconcile_dir() -> Path:
-    return Path(os.environ.get("JOKKO_RECONCILE_DIR", ".jokko/reconcile")).resolve()
+InstitutionName = Literal["cmu", "css", "ipres"]
+State = Literal["running", "done", "failed"]
 
 
 class RunRequest(BaseModel):
-    ledger: FileName = Field(description="MSNAS ledger CSV in the reconciliation folder.")
+    ledger: FileName = Field(
+        default=LEDGER_NAME, description="MSNAS ledger CSV in the reconciliation folder."
+    )
     cmu: FileName | None = None
     css: FileName | None = None
     ipres: FileName | None = None
+    institutions: list[InstitutionName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=3,
+        description="Only these institutions; each reads the file named for it, else its usual "
+        "one (cmu.ndjson, css.csv, ipres.txt). Absent: the files named, else every usual file "
+        "in the folder.",
+    )
+    period: str | None = Field(
+        default=None,
+        pattern=r"^(previous|[0-9]{4}-[0-9]{2}(\.\.[0-9]{4}-[0-9]{2})?)$",
+        description=f"Months to report on: {PERIOD_HELP}, resolved when the run starts. "
+        "Absent: every month.",
+    )
 
 
 class Run(BaseModel):
@@ -50,10 +76,24 @@ class Run(BaseModel):
     state: str
     actor: str
     institutions: list[str]
+    period_from: str | None = Field(description="First month reported on; null: every month.")
+    period_to: str | None
     started_at: str
     finished_at: str | None
     error: str | None
     summary: dict[str, object] | None
+
+
+class RunListItem(BaseModel):
+    id: int
+    state: str
+    actor: str
+    institutions: list[str]
+    period_from: str | None
+    period_to: str | None
+    started_at: str
+    finished_at: str | None
+    discrepancies: int | None = Field(description="Total found; null until the run is done.")
 
 
 class RedriveRequest(BaseModel):
@@ -64,13 +104,6 @@ class RedriveRequest(BaseModel):
 
 class RedriveResult(BaseModel):
     outcomes: dict[int, str]
-
-
-def _file(name: str) -> Path:
-    path = reconcile_dir() / name
-    if not path.is_file():
-        raise HTTPException(422, f"no file {name} in the reconciliation folder")
-    return path
 
 
 def _run(session: Session, run_id: int) -> ReconciliationRunRow:
@@ -95,13 +128,26 @@ def start_run(
     tasks: BackgroundTasks,
 ) -> Run:
     """Starts a run in the background; poll ``GET /v1/reconciliations/{id}`` until ``done``."""
-    ledger = _file(body.ledger)
-    extracts = {
-        i: _file(n) for i, n in (("cmu", body.cmu), ("css", body.css), ("ipres", body.ipres)) if n
-    }
-    if not extracts:
-        raise HTTPException(422, "give at least one institution's extract")
-    run_id = create_run(jokko.engine, operator.client_id, ledger, extracts)
+    folder = reconcile_dir()
+    named = {i: folder / n if n else None for i, n in (("cmu", body.cmu), ("css", body.css),
+                                                       ("ipres", body.ipres))}  # fmt: skip
+    try:
+        scope = (
+            RunScope(*parse_period(body.period, datetime.now(UTC).date()))
+            if body.period
+            else RunScope()
+        )
+        ledger, extracts = resolve_sources(
+            folder, folder / body.ledger, named, list(body.institutions or [])
+        )
+    except SourceError as exc:
+        name = exc.path.name if exc.path else ""
+        raise HTTPException(
+            422, f"no file {name} in the reconciliation folder" if name else str(exc)
+        ) from None
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    run_id = create_run(jokko.engine, operator.client_id, ledger, extracts, scope)
 
     def work() -> None:
         with contextlib.suppress(Exception):  # the run row says "failed" and why
@@ -109,6 +155,42 @@ def start_run(
 
     tasks.add_task(work)
     return _public(_run(session, run_id))
+
+
+@router.get("", response_model=pagination.Page[RunListItem], responses=problem_responses(400))
+def list_runs(
+    session: SessionDep,
+    _operator: Operator,
+    institution: Annotated[InstitutionName | None, Query()] = None,
+    state: Annotated[State | None, Query()] = None,
+    cursor: pagination.Cursor = None,
+    limit: pagination.Limit = 100,
+) -> pagination.Page[RunListItem]:
+    """Runs kept, newest first (a scheduled run of last month is on the first page)."""
+    query = select(ReconciliationRunRow)
+    before = pagination.decode(cursor)
+    if before:
+        query = query.where(ReconciliationRunRow.id < before)
+    if state is not None:
+        query = query.where(ReconciliationRunRow.state == state)
+    if institution is not None:  # institutions is a comma list such as "cmu,ipres"
+        query = query.where(
+            ("," + ReconciliationRunRow.institutions + ",").like(f"%,{institution},%")
+        )
+    rows = session.scalars(query.order_by(ReconciliationRunRow.id.desc()).limit(limit + 1)).all()
+    page = rows[:limit]
+    return pagination.Page[RunListItem](
+        items=[_listed(r) for r in page],
+        next_cursor=pagination.encode(page[-1].id) if len(rows) > limit else None,
+    )
+
+
+def _listed(run: ReconciliationRunRow) -> RunListItem:
+    d = run_dict(run)
+    summary = d.pop("summary")
+    d.pop("sources")
+    d.pop("error")
+    return RunListItem.model_validate({**d, "discrepancies": summary["total"] if summary else None})
 
 
 @router.get("/{run_id}", response_model=Run, responses=problem_responses(404))
