@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     """How long an open circuit waits before one message probes the institution."""
     api_host: Annotated[str, Field(min_length=1, max_length=255)] = "127.0.0.1"
     api_port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    api_rate_per_s: Annotated[float, Field(gt=0, le=1_000_000)] = 500.0
+    """Requests a second per client, on average (token bucket, per API process)."""
+    api_rate_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    """Requests a client may send at once above the rate (a month-end batch upload)."""
     cmu: PartnerSettings = PartnerSettings()
     css: PartnerSettings = PartnerSettings()
     ipres: PartnerSettings = PartnerSettings()
