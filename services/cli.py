@@ -94,8 +94,14 @@ def replay(
 ) -> None:
     """Re-drive dead letters through the idempotent router."""
     from router.replay import replay as replay_dead_letters
+    from router.replay import unknown_dead_letters
 
     jokko = _jokko()
+    unknown = unknown_dead_letters(jokko.engine, dead_letter_ids)
+    if unknown:
+        listed = ", ".join(str(i) for i in unknown)
+        Console(stderr=True).print(f"[red]error:[/] no dead letter {listed}; nothing replayed")
+        raise typer.Exit(1)
     results = replay_dead_letters(jokko.engine, jokko.processor(), dead_letter_ids)
     for dl_id, result in results.items():
         Console().print(f"dead letter {dl_id}: {result}")
@@ -281,6 +287,10 @@ def reconcile(
     redrive: Annotated[
         bool, typer.Option(help="Re-drive every missing record through the router.")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="Processes sharing the comparison (by member id range)."),
+    ] = 1,
 ) -> None:
     """Compare the mutual's ledger with the institutions' extracts; keep the run and report."""
     from datetime import UTC, datetime
@@ -307,5 +317,6 @@ def reconcile(
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("reconciling", total=ledger.stat().st_size)
         reconcile_command(
-            engine, _actor(), ledger, extracts, out, redrive, lambda n: bar.advance(task, n), scope
-        )
+            engine, _actor(), ledger, extracts, out, redrive, lambda n: bar.advance(task, n), scope,
+            workers,
+        )  # fmt: skip

@@ -194,15 +194,18 @@ def merge_same_key(recs: Iterator[Rec]) -> Iterator[Rec]:
 # --- ordering --------------------------------------------------------------------------------
 
 
-def by_member(recs: Iterable[Rec]) -> Iterator[Rec]:
+def by_member(recs: Iterable[Rec], low: str = "", high: str = "") -> Iterator[Rec]:
     """Key order from a stream grouped by member in ascending member id (sorting only within a
-    member); ``OutOfOrder`` as soon as the stream is not."""
+    member); ``OutOfOrder`` as soon as the stream is not, or leaves ``[low, high)`` (a shard's
+    members; ``high`` empty: no bound). Checked once per member, not per record."""
     group: list[Rec] = []
     current = ""
     for rec in recs:
         if rec.member_id != current:
             if rec.member_id < current:
                 raise OutOfOrder(f"{rec.member_id} after {current}")
+            if rec.member_id < low or (high and rec.member_id >= high):
+                raise OutOfOrder(f"{rec.member_id} outside the shard {low}..{high}")
             if group:
                 group.sort()
                 yield from group
@@ -403,14 +406,14 @@ def reconcile(
     """
     for sort in (by_member, lambda recs: external_sort(recs, chunk)):
         try:
-            _run(ledger, extracts, collector, totals, sort, scope)
+            run_sorted(ledger, extracts, collector, totals, sort, scope)
             return
         except OutOfOrder:
             collector.reset()
             totals.reset()
 
 
-def _run(
+def run_sorted(
     ledger: Source,
     extracts: dict[str, Source],
     collector: Collector,
@@ -418,6 +421,7 @@ def _run(
     sort: Callable[[Iterable[Rec]], Iterator[Rec]],
     scope: Scope,
 ) -> None:
+    """One pass with ``sort`` putting each source in key order (``OutOfOrder`` if it cannot)."""
     expected = merge_same_key(sort(_Counted(ledger(), totals.compared, 0)))
     actual = heapq.merge(*(sort(_Counted(src(), totals.compared, 1)) for src in extracts.values()))
     add, total, covers = collector.add, totals.add, scope.covers

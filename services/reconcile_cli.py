@@ -89,9 +89,12 @@ def reconcile_command(
     do_redrive: bool,
     progress: Callable[[int], object],
     scope: Scope = EVERY_MONTH,
+    workers: int = 1,
 ) -> int:
     """``out`` may hold ``{run}`` and ``{period}``, so scheduled runs keep a folder each."""
-    run_id = run_files(engine, actor, ledger, extracts, progress=progress, scope=scope)
+    run_id = run_files(
+        engine, actor, ledger, extracts, progress=progress, scope=scope, workers=workers
+    )
     if out is not None:
         out = Path(str(out).replace("{run}", str(run_id)).replace("{period}", period_label(scope)))
     console = Console()

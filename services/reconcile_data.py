@@ -5,11 +5,14 @@ can assert that every injected discrepancy is found and nothing else."""
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
 import random
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from adapters.cmu import extract as cmu_extract
 from adapters.css import extract as css_extract
@@ -38,6 +41,19 @@ class Generated:
     members: int = 0
     ledger_rows: int = 0
     extract_lines: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INSTITUTIONS, 0))
+    ipres_count: int = 0
+    ipres_total: int = 0
+    """IPRES A and C lines and the C amounts: the trailer of the statement."""
+
+    def merge(self, other: Generated) -> None:
+        self.truth |= other.truth
+        self.mismatched.update(other.mismatched)
+        self.members += other.members
+        self.ledger_rows += other.ledger_rows
+        for inst, n in other.extract_lines.items():
+            self.extract_lines[inst] += n
+        self.ipres_count += other.ipres_count
+        self.ipres_total += other.ipres_total
 
 
 def periods(months: int, first: str = "2025-01") -> list[str]:
@@ -157,26 +173,31 @@ def generate(
     seed: int = 7,
     claim_share: float = 0.05,
     first_period: str = "2025-01",
+    part: tuple[int, int] | None = None,
 ) -> Generated:
     """Write the ledger (``write["ledger"]``) and each institution's extract; inject one
     discrepancy into about ``rate`` of the institutions' records; ``claim_share`` of the
     members have a claim. A mismatch changes one field the institution holds: the amount,
     a claim's month or status, an affiliation's package, status or dependents.
     ``extra`` records: a month ten years before, an affiliation of
-    an id unknown to the mutual, a claim id the mutual never issued."""
-    rng = random.Random(seed)
-    inj = random.Random(seed + 1)
+    an id unknown to the mutual, a claim id the mutual never issued.
+    With ``part`` = ``(first, end)``, only those members (by position) and no header or trailer:
+    one process's share of the files (``generate_files``)."""
+    lo, hi = part or (0, members)
+    rng = random.Random(seed if lo == 0 else f"{seed}:{lo}")
+    inj = random.Random(seed + 1 if lo == 0 else f"{seed}:{lo}:inj")
     month_list = periods(months, first_period)
     out = Generated()
     every = frozenset(INSTITUTIONS)
     buffers: dict[str, list[str]] = {i: [] for i in INSTITUTIONS}
     tails: dict[str, list[Rec]] = {i: [] for i in INSTITUTIONS}
     ipres_count = ipres_total = 0
-    write["ledger"](header_line())
-    write["css"](css_extract.header_line())
-    write["ipres"](ipres_extract.header_line(month_list[0], month_list[-1]))
+    if part is None:
+        write["ledger"](header_line())
+        write["css"](css_extract.header_line())
+        write["ipres"](ipres_extract.header_line(month_list[0], month_list[-1]))
     kinds = (Kind.MISSING, Kind.MISMATCH, Kind.DUPLICATE, Kind.EXTRA)
-    for member_id in member_ids(members):
+    for member_id in itertools.islice(member_ids(members), lo, hi):
         out.members += 1
         rows = ledger_rows(member_id, rng, month_list, claim_share)
         write["ledger"]("".join(ledger_line(r) for r in rows))
@@ -232,8 +253,33 @@ def generate(
                 write[inst]("".join(buf) if inst != "cmu" else "\n".join(buf) + "\n")
                 out.extract_lines[inst] += len(buf)
                 buf.clear()
-    write["ipres"](ipres_extract.trailer_line(ipres_count, ipres_total))
+    out.ipres_count, out.ipres_total = ipres_count, ipres_total
+    if part is None:
+        write["ipres"](ipres_extract.trailer_line(ipres_count, ipres_total))
     return out
+
+
+_NAMES = {"ledger": "ledger.csv", "cmu": "cmu.ndjson", "css": "css.csv", "ipres": "ipres.txt"}
+
+
+def _open(paths: dict[str, Path]) -> dict[str, TextIO]:
+    return {k: p.open("w", encoding="utf-8", newline="", buffering=1 << 20)
+            for k, p in paths.items()}  # fmt: skip
+
+
+def _generate_part(
+    directory: Path, k: int, part: tuple[int, int], members: int, months: int,
+    options: dict[str, Any],
+) -> tuple[Generated, dict[str, Path]]:  # fmt: skip
+    paths = {name: directory / f".part{k}.{file}" for name, file in _NAMES.items()}
+    files = _open(paths)
+    try:
+        gen = generate(members, months, {n: f.write for n, f in files.items()}, part=part,
+                       **options)  # fmt: skip
+    finally:
+        for f in files.values():
+            f.close()
+    return gen, paths
 
 
 def generate_files(
@@ -244,19 +290,41 @@ def generate_files(
     rate: float = 0.001,
     seed: int = 7,
     first_period: str = "2025-01",
+    claim_share: float = 0.05,
+    workers: int = 1,
 ) -> tuple[Generated, dict[str, Path]]:
-    """``generate`` into ``ledger.csv``, ``cmu.ndjson``, ``css.csv`` and ``ipres.txt``."""
-    names = {"ledger": "ledger.csv", "cmu": "cmu.ndjson", "css": "css.csv", "ipres": "ipres.txt"}
-    paths = {k: directory / v for k, v in names.items()}
-    files: dict[str, TextIO] = {
-        k: p.open("w", encoding="utf-8", newline="", buffering=1 << 20) for k, p in paths.items()
-    }
-    try:
-        gen = generate(
-            members, months, {k: f.write for k, f in files.items()}, rate=rate, seed=seed,
-            first_period=first_period,
-        )  # fmt: skip
-    finally:
-        for f in files.values():
-            f.close()
+    """``generate`` into ``ledger.csv``, ``cmu.ndjson``, ``css.csv`` and ``ipres.txt``; with
+    ``workers`` > 1, each process writes a contiguous share of the members (other random draws
+    than one process, the same kind of data) and the parts are joined in member order."""
+    paths = {k: directory / v for k, v in _NAMES.items()}
+    options: dict[str, Any] = {"rate": rate, "seed": seed, "first_period": first_period,
+                               "claim_share": claim_share}  # fmt: skip
+    if workers <= 1:
+        files = _open(paths)
+        try:
+            gen = generate(members, months, {k: f.write for k, f in files.items()}, **options)
+        finally:
+            for f in files.values():
+                f.close()
+        return gen, paths
+    cuts = [members * k // workers for k in range(workers + 1)]
+    jobs = [(directory, k, (cuts[k], cuts[k + 1]), members, months, options)
+            for k in range(workers)]  # fmt: skip
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        parts = pool.starmap(_generate_part, jobs)
+    gen = Generated()
+    month_list = periods(months, first_period)
+    heads = {"ledger": header_line(), "css": css_extract.header_line(),
+             "ipres": ipres_extract.header_line(month_list[0], month_list[-1])}  # fmt: skip
+    for name, path in paths.items():
+        with path.open("wb") as out:
+            out.write(heads.get(name, "").encode())
+            for _, part_paths in parts:
+                with part_paths[name].open("rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 22)
+                part_paths[name].unlink()
+    for part_gen, _ in parts:
+        gen.merge(part_gen)
+    with paths["ipres"].open("a", encoding="utf-8", newline="") as f:
+        f.write(ipres_extract.trailer_line(gen.ipres_count, gen.ipres_total))
     return gen, paths

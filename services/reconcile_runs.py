@@ -42,10 +42,8 @@ from services.reconcile import (
     Kind,
     Scope,
     Totals,
-    extract_source,
-    ledger_source,
-    reconcile,
 )
+from services.reconcile_shards import reconcile_files
 
 _BATCH = 5_000
 LEDGER_NAME = "ledger.csv"
@@ -92,28 +90,6 @@ class _DbCollector:
             )
 
 
-def _lines(
-    path: Path, progress: Callable[[int], object] | None = None
-) -> Callable[[], Iterable[str]]:
-    """Opens ``path`` afresh per call; ``progress`` gets the characters read, every 64k lines."""
-
-    def open_lines() -> Iterable[str]:
-        with path.open(encoding="utf-8", newline="") as f:
-            if progress is None:
-                yield from f
-                return
-            done = 0
-            for n, line in enumerate(f, start=1):
-                done += len(line)
-                if not n & 0xFFFF:
-                    progress(done)
-                    done = 0
-                yield line
-            progress(done)
-
-    return open_lines
-
-
 def summary_of(totals: Totals) -> dict[str, object]:
     """The JSON summary kept with a run (and shown in every report)."""
 
@@ -158,9 +134,10 @@ def execute_run(
     *,
     chunk: int = 500_000,
     progress: Callable[[int], object] | None = None,
+    workers: int = 1,
 ) -> dict[str, object]:
     """Compare and store; the run ends ``done`` with its summary, or ``failed`` with why.
-    The scope is the one kept with the run."""
+    The scope is the one kept with the run; ``workers`` processes share the comparison."""
     collector, totals = _DbCollector(engine, run_id), Totals()
     with Session(engine) as s:
         row = s.get_one(ReconciliationRunRow, run_id)
@@ -169,13 +146,15 @@ def execute_run(
         unknown = set(extracts) - set(INSTITUTIONS)
         if unknown:
             raise ValueError(f"unknown institution(s): {', '.join(sorted(unknown))}")
-        reconcile(
-            ledger_source(_lines(ledger, progress), extracts),
-            {i: extract_source(i, _lines(p)) for i, p in extracts.items()},
+        reconcile_files(
+            ledger,
+            extracts,
             collector,
             totals,
+            workers=workers,
             chunk=chunk,
             scope=scope,
+            progress=progress,
         )
         collector.flush()
     except Exception as exc:
@@ -200,9 +179,10 @@ def run_files(
     chunk: int = 500_000,
     progress: Callable[[int], object] | None = None,
     scope: Scope = EVERY_MONTH,
+    workers: int = 1,
 ) -> int:
     run_id = create_run(engine, actor, ledger, extracts, scope)
-    execute_run(engine, run_id, ledger, extracts, chunk=chunk, progress=progress)
+    execute_run(engine, run_id, ledger, extracts, chunk=chunk, progress=progress, workers=workers)
     return run_id
 
 

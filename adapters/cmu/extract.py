@@ -128,6 +128,17 @@ def parse_extract(lines: Iterable[bytes | str]) -> Iterator[Rec]:
             yield rec
 
 
+def member_of_line(line: str) -> str | None:
+    """The member a line's record is about, ``None`` for a resource not reconciled (splitting
+    a member-sorted export by member)."""
+    try:
+        res = json.loads(line)
+        rec = _resource(res, 0) if isinstance(res, dict) else None
+    except (ValueError, AttributeError, TypeError, KeyError):
+        return None
+    return rec.member_id if rec is not None else None
+
+
 def extract_line(rec: Rec) -> str:
     """One NDJSON line for ``rec`` (the inverse of ``parse_extract``: fixtures, generators)."""
     if rec.kind == RecordKind.AFFILIATION:

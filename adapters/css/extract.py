@@ -56,6 +56,14 @@ def parse_extract(lines: Iterable[str]) -> Iterator[Rec]:
             raise _fail(n, "record must be affiliate or contribution")
 
 
+def member_of_line(line: str) -> str | None:
+    """The member a statement line is about, ``None`` for the header (splitting by member)."""
+    if line.startswith("record,"):
+        return None
+    parts = line.split(",", 2)
+    return parts[1] if len(parts) > 2 else None
+
+
 def extract_line(rec: Rec) -> str:
     """One CSV line (with its line end) for ``rec``."""
     if rec.kind == RecordKind.AFFILIATION:

@@ -80,6 +80,15 @@ def parse_ledger(lines: Iterable[str]) -> Iterator[LedgerRow]:
         )  # fmt: skip
 
 
+def member_of_line(line: str) -> str | None:
+    """The member a ledger line is about, ``None`` for the header: lets a reader split a sorted
+    export by member (a sharded reconciliation) without parsing it."""
+    if line.startswith("record,"):
+        return None
+    parts = line.split(",", 2)
+    return parts[1] if len(parts) > 2 else None
+
+
 def ledger_line(row: LedgerRow) -> str:
     return ",".join(str(v) for v in row) + "\r\n"
 

@@ -102,7 +102,7 @@ def test_named_files_and_a_period_range_and_what_is_refused(
     env = _env(pg_engine, postgres, tmp_path / "elsewhere")
     out = tmp_path / "out"
     done = _jokko(env, str(paths["ledger"]), "--cmu", str(paths["cmu"]),
-                  "--period", "2025-02..2025-03", "--out", str(out))  # fmt: skip
+                  "--period", "2025-02..2025-03", "--out", str(out), "--workers", "2")  # fmt: skip
     assert done.returncode == 0, done.stderr
     expected = {t for t in gen.truth if t[0] == "cmu" and t[4] in ("2025-02", "2025-03", "")}
     assert _keys((out / "report.csv").read_text(encoding="utf-8")) == expected
