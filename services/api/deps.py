@@ -1,4 +1,7 @@
-"""Request-scoped dependencies (Annotated, as in the FastAPI full-stack template)."""
+"""Request-scoped dependencies (Annotated, as in the FastAPI full-stack template).
+
+The ones that only read ``app.state`` are ``async``: FastAPI runs a plain ``def`` dependency
+in its threadpool, a thread hop per request for nothing. ``get_session`` stays a ``def``."""
 
 from __future__ import annotations
 
@@ -12,17 +15,18 @@ from sqlalchemy.orm import Session
 from services.bootstrap import Jokko
 
 
-def get_jokko(request: Request) -> Jokko:
+async def get_jokko(request: Request) -> Jokko:
     jokko: Jokko = request.app.state.jokko
     return jokko
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    with Session(get_jokko(request).engine) as session:
+    jokko: Jokko = request.app.state.jokko
+    with Session(jokko.engine) as session:
         yield session
 
 
-def get_producer(request: Request) -> KafkaProducer:
+async def get_producer(request: Request) -> KafkaProducer:
     producer: KafkaProducer = request.app.state.producer
     return producer
 

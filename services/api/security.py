@@ -651,7 +651,8 @@ oauth2_scheme = OAuth2(
 )
 
 
-def get_authority(request: Request) -> Authority:
+async def get_authority(request: Request) -> Authority:
+    """``async``: it only reads ``app.state``, no threadpool hop needed."""
     authority: Authority = request.app.state.authority
     return authority
 
@@ -710,7 +711,7 @@ def require(*scopes: Scope) -> Any:
     """
     needed = frozenset(s.value for s in scopes)
 
-    def _has_scopes(who: PrincipalDep) -> Principal:
+    async def _has_scopes(who: PrincipalDep) -> Principal:  # no I/O: no threadpool hop
         if not needed <= who.scopes:
             challenge = f'{_REALM}, error="insufficient_scope", scope="{" ".join(sorted(needed))}"'
             raise HTTPException(
@@ -813,7 +814,7 @@ def security_router() -> APIRouter:
         },
     )
     async def token(request: Request) -> JSONResponse:
-        authority = get_authority(request)
+        authority: Authority = request.app.state.authority
         body = b""
         async for chunk in request.stream():
             body += chunk

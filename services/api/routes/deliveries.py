@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from adapters.base import Institution
 from router.acks import apply_acks
@@ -143,6 +144,13 @@ async def post_acks(
     if not principal.may_see(institution):
         raise HTTPException(404, "no such institution endpoint")
     body = await request.body()
+    return await run_in_threadpool(_apply, institution, body, jokko, producer)
+
+
+def _apply(
+    institution: Institution, body: bytes, jokko: JokkoDep, producer: ProducerDep
+) -> AckResult:
+    """Parse, apply in the store, publish adjudications: blocking, run in the threadpool."""
     acks = jokko.adapters[institution].parse_ack(body)  # MalformedAck → 422, located
     report = apply_acks(jokko.engine, institution, acks, channel="api")
     if report.adjudications:

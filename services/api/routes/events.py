@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from kafka.errors import KafkaError
 from pydantic import BaseModel
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from router.canonical import publish_events
 from router.store import InboxRow, TrailRow
@@ -152,10 +153,16 @@ async def submit_event(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     body = await request.body()
+    events_in = request.app.state.metrics.events_in
 
     def compute() -> tuple[int, dict[str, Any]]:
-        event = parse_event(body)  # InvalidEvent → 422 with the fields
+        try:
+            event = parse_event(body)  # InvalidEvent → 422 with the fields
+        except InvalidEvent:
+            events_in.labels("invalid").inc()
+            raise
         [published] = _publish(producer, jokko.topics.canonical, [event])
+        events_in.labels("accepted").inc()
         return 202, Accepted(
             event_id=str(event.event_id),
             event_type=event.event_type,
@@ -163,7 +170,9 @@ async def submit_event(
             offset=published.offset,
         ).model_dump()
 
-    return _idempotent(body, idempotency_key, principal, jokko, compute)
+    # Async only to read the body; validation, the acks=all wait and the idempotency rows
+    # block, so they run in the threadpool and never stall the event loop.
+    return await run_in_threadpool(_idempotent, body, idempotency_key, principal, jokko, compute)
 
 
 @router.post(
@@ -204,12 +213,27 @@ async def submit_batch(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     body = await request.body()
+    return await run_in_threadpool(
+        _submit_batch, body, request, jokko, producer, principal, idempotency_key
+    )
+
+
+def _submit_batch(
+    body: bytes,
+    request: Request,
+    jokko: JokkoDep,
+    producer: ProducerDep,
+    principal: Principal,
+    idempotency_key: str | None,
+) -> Response:
+    """The blocking part of a batch (parsing up to 1,000 events, Kafka, idempotency rows)."""
     try:
         items = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise HTTPException(400, "the body is not JSON") from None
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
         raise HTTPException(400, f"the body must be a JSON array of 1 to {MAX_BATCH} events")
+    events_in = request.app.state.metrics.events_in
 
     def compute() -> tuple[int, dict[str, Any]]:
         results: list[ItemResult] = []
@@ -226,6 +250,9 @@ async def submit_batch(
             results.append(ItemResult(index=i, status="accepted", event_id=str(event.event_id)))
         if good:
             _publish(producer, jokko.topics.canonical, good)
+            events_in.labels("accepted").inc(len(good))
+        if len(items) > len(good):
+            events_in.labels("invalid").inc(len(items) - len(good))
         result = BatchResult(accepted=len(good), invalid=len(items) - len(good), items=results)
         return (202 if good else 422), result.model_dump(exclude_none=True)
 

@@ -6,10 +6,12 @@ Good records become canonical events on the topic; bad ones come back as a row-l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from adapters.msnas import CSV_KINDS, parse_csv, parse_webhook
 from adapters.msnas.report import ImportReport
@@ -35,9 +37,14 @@ class ImportResult(BaseModel):
     errors: list[RowProblem]
 
 
-def _submit(report: ImportReport, jokko: JokkoDep, producer: ProducerDep) -> ImportResult:
+def _submit(
+    request: Request, parse: Callable[[], ImportReport], jokko: JokkoDep, producer: ProducerDep
+) -> ImportResult:
+    """Parse and publish; blocking (CPU, then the acks=all wait), so run in the threadpool."""
+    report = parse()
     if report.events:
         _publish(producer, jokko.topics.canonical, list(report.events))
+        request.app.state.metrics.events_in.labels("accepted").inc(len(report.events))
     return ImportResult(
         accepted=len(report.events),
         rejected_rows=len({e.row for e in report.errors}),
@@ -64,7 +71,8 @@ async def webhook(
     producer: ProducerDep,
     _mutual: Annotated[Principal, require(Scope.EVENTS_SUBMIT)],
 ) -> ImportResult:
-    return _submit(parse_webhook(await request.body()), jokko, producer)
+    body = await request.body()
+    return await run_in_threadpool(_submit, request, lambda: parse_webhook(body), jokko, producer)
 
 
 @router.post(
@@ -86,4 +94,5 @@ async def csv_upload(
 ) -> ImportResult:
     if kind not in CSV_KINDS:
         raise HTTPException(404, f"unknown export kind; known: {', '.join(sorted(CSV_KINDS))}")
-    return _submit(parse_csv(await request.body(), kind), jokko, producer)
+    body = await request.body()
+    return await run_in_threadpool(_submit, request, lambda: parse_csv(body, kind), jokko, producer)
