@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The Kafka broker's jars (Maven Central) and Debian's PostgreSQL; both are started per run.
+# The Kafka broker's jars (Maven Central), Debian's PostgreSQL (both started per run) and
+# Debian's chromium (the console's browser test).
 infra:
 	scripts/kafka.sh fetch
 	scripts/postgres.sh install
+	scripts/browser.sh install
 
 lint: install
 	$(BIN)/ruff check .

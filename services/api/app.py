@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.broker import idempotent_producer
-from services.api import openapi, problems
+from services.api import console, openapi, problems
 from services.api.routes import dead_letters, deliveries, events, health, msnas, reconcile
 from services.api.routes.health import Metrics
 from services.api.security import Authority, RateLimiter, security_router
@@ -129,5 +129,6 @@ def create_app(
     app.include_router(security_router())
     for module in (events, deliveries, dead_letters, msnas, reconcile, health):
         app.include_router(module.router)
+    console.install(app)  # not in the API document
     openapi.install(app)
     return app
