@@ -14,7 +14,7 @@ import shutil
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +38,8 @@ from router.store import (
 )
 from schemas import ClaimAdjudicated
 from schemas.envelope import Source
+from schemas.errors import JokkoError
+from schemas.payloads import ClaimAdjudicatedPayload
 from schemas.types import Region
 
 log = logging.getLogger(__name__)
@@ -66,20 +68,66 @@ class AckReport:
 
 
 def _adjudication_event(
-    ack: Ack, row: OutboxRow, region: str | None, now: datetime
-) -> ClaimAdjudicated | None:
-    if ack.adjudication is None:
-        return None
+    payload: ClaimAdjudicatedPayload, row: OutboxRow, region: str | None, now: datetime
+) -> ClaimAdjudicated:
+    """The event id comes from the answered message, not the answer: CMU's decision read from
+    the ack topic, an ack file, the API or the HTTP answer, once or five times, is one event."""
     mutual, code = row.member_id.split("-")[:2]
     return ClaimAdjudicated(
-        event_id=uuid.uuid5(_ADJUDICATION_NS, f"{ack.institution}:{ack.message_id}"),
+        event_id=uuid.uuid5(_ADJUDICATION_NS, f"{row.institution}:{row.message_id}"),
         occurred_at=now,
         recorded_at=now,
         source=Source(mutual=mutual, region=Region(region or f"SN-{code}"), agent_id="jokko-acks"),
         member_id=row.member_id,
         correlation_id=uuid.UUID(row.event_id),
-        payload=ack.adjudication,
+        payload=payload,
     )
+
+
+def _regions(session: Session, members: Iterable[str]) -> dict[str, str]:
+    return {
+        member: region
+        for member, region in session.execute(
+            select(MemberProfileRow.member_id, MemberProfileRow.region).where(
+                MemberProfileRow.member_id.in_(set(members))
+            )
+        )
+    }
+
+
+def adjudication_events(
+    session: Session,
+    decided: Sequence[tuple[OutboxRow, ClaimAdjudicatedPayload]],
+    now: datetime,
+) -> list[ClaimAdjudicated]:
+    """CMU's decisions on the rows they answer, as canonical events (for the HTTP path, whose
+    answers the delivery worker records itself)."""
+    if not decided:
+        return []
+    regions = _regions(session, (row.member_id for row, _ in decided))
+    return [
+        _adjudication_event(payload, row, regions.get(row.member_id), now)
+        for row, payload in decided
+    ]
+
+
+class DecisionsUnpublished(JokkoError):
+    """CMU's decisions could not be put on the canonical topic: whoever holds them must not
+    commit their acks (the answer is asked again, and gives the same event ids)."""
+
+
+class DecisionPublisher:
+    """Publishes decisions on the canonical topic and waits for the broker (``acks=all``)."""
+
+    def __init__(self, producer: KafkaProducer, canonical_topic: str) -> None:
+        self._producer = producer
+        self._topic = canonical_topic
+
+    def __call__(self, events: Sequence[ClaimAdjudicated]) -> None:
+        try:
+            publish_events(self._producer, self._topic, events)
+        except KafkaError as exc:
+            raise DecisionsUnpublished(f"{self._topic}: {exc!r}") from exc
 
 
 def apply_acks(
@@ -103,14 +151,7 @@ def apply_acks(
             )
         }
 
-        regions: dict[str, str] = {
-            member: region
-            for member, region in session.execute(
-                select(MemberProfileRow.member_id, MemberProfileRow.region).where(
-                    MemberProfileRow.member_id.in_({r.member_id for r in rows.values()})
-                )
-            )
-        }
+        regions = _regions(session, (r.member_id for r in rows.values()))
 
         def anomaly(ack: Ack, kind: str, detail: str) -> None:
             report.anomalies[kind] += 1
@@ -143,9 +184,10 @@ def apply_acks(
                 # The institution has it although Jokko gave up on it, or before the
                 # relay recorded sending it (killed in between): the ack is the truth.
                 anomaly(ack, f"ack_while_{row.state}", "applied")
-            decided = _adjudication_event(ack, row, regions.get(row.member_id), now)
-            if decided is not None:
-                report.adjudications.append(decided)
+            if ack.adjudication is not None:
+                report.adjudications.append(
+                    _adjudication_event(ack.adjudication, row, regions.get(row.member_id), now)
+                )
             row.state = target
             row.acked_at = now
             row.next_attempt_at = None

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from uuid import UUID
@@ -37,6 +38,8 @@ ParseAck = Callable[[bytes], list[Ack]]
 
 
 def delivery_of(ack: Ack, batch_ref: str | None = None) -> Delivery:
+    """What an ack says about its message, CMU's decision included (the worker turns it into
+    ``claim.adjudicated``, as ``router.acks`` does for acks arriving by topic or file)."""
     return Delivery(
         ack.message_id,
         Result.ACCEPTED if ack.status == AckStatus.ACCEPTED else Result.REJECTED,
@@ -44,6 +47,7 @@ def delivery_of(ack: Ack, batch_ref: str | None = None) -> Delivery:
         reason_text=ack.reason_text,
         institution_ref=ack.institution_ref,
         batch_ref=batch_ref,
+        adjudication=ack.adjudication,
     )
 
 
@@ -140,7 +144,10 @@ class HttpChannel:
             )
         with self._lock:
             self._last_ts.pop(p.message_id, None)
-        return delivery_of(acks[0])
+        # The first answer about the message decides its state; a decision may come beside
+        # it (a batch-response with the transaction-response and a ClaimResponse).
+        decision = next((a.adjudication for a in acks if a.adjudication is not None), None)
+        return replace(delivery_of(acks[0]), adjudication=decision)
 
     def close(self) -> None:
         self._pool.shutdown()

@@ -32,8 +32,11 @@ from sqlalchemy.orm import Session
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from adapters.base import Institution
+from router.acks import DecisionsUnpublished, adjudication_events
 from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, TrailRow, utcnow
+from schemas import ClaimAdjudicated
 from schemas.errors import JokkoError
+from schemas.payloads import ClaimAdjudicatedPayload
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,8 @@ class Delivery:
     reason_text: str | None = None
     institution_ref: str | None = None
     batch_ref: str | None = None
+    adjudication: ClaimAdjudicatedPayload | None = None
+    """CMU's decision, when its answer carried one (HTTP push): a ``claim.adjudicated``."""
 
 
 class ChannelUnavailable(JokkoError):
@@ -163,8 +168,13 @@ class DeliveryWorker:
         policy: RetryPolicy | None = None,
         batch_size: int = 500,
         clock: Callable[[], datetime] = utcnow,
+        decisions: Callable[[Sequence[ClaimAdjudicated]], None] | None = None,
     ) -> None:
         self._engine = engine
+        # Called inside the claim's transaction, before it commits: decisions that cannot be
+        # published (``DecisionsUnpublished``) roll the answers back, the rows are sent again
+        # and the partner, which applies a message once, gives the same decision again.
+        self._decisions = decisions
         self._channel = channel
         self._institution = channel.institution.value
         self._policy = policy or RetryPolicy()
@@ -270,6 +280,7 @@ class DeliveryWorker:
         dead letters, rare, go through the ORM."""
         now = self._clock()
         by_id = {d.message_id: d for d in reports}
+        decided: list[tuple[OutboxRow, ClaimAdjudicatedPayload]] = []
         final: list[dict[str, Any]] = []
         trail: list[dict[str, Any]] = []
         blocked: set[str] = set()  # members whose earlier row failed in this batch
@@ -291,6 +302,8 @@ class DeliveryWorker:
                     self._bury(session, row, d.reason_code or "undeliverable", d, now)
                 continue
             acked = d.result in (Result.ACCEPTED, Result.REJECTED)
+            if acked and d.adjudication is not None:
+                decided.append((row, d.adjudication))
             final.append(
                 {
                     "id": row.id,
@@ -316,8 +329,26 @@ class DeliveryWorker:
             session.execute(update(OutboxRow), final)
         if trail:
             session.execute(insert(TrailRow), trail)
+        self._publish_decisions(session, decided, now)
         self.delivered += len(final)
         return len(final)
+
+    def _publish_decisions(
+        self,
+        session: Session,
+        decided: Sequence[tuple[OutboxRow, ClaimAdjudicatedPayload]],
+        now: datetime,
+    ) -> None:
+        if not decided:
+            return
+        if self._decisions is None:
+            log.warning(
+                "%d decisions of %s not published: no canonical topic",
+                len(decided),
+                self._institution,
+            )
+            return
+        self._decisions(adjudication_events(session, decided, now))
 
     def _retry_or_bury(self, session: Session, row: OutboxRow, d: Delivery, now: datetime) -> None:
         row.last_error = d.reason_text
@@ -360,6 +391,11 @@ class DeliveryWorker:
             except OperationalError as exc:
                 failures += 1
                 log.warning("delivery to %s: database unavailable: %s", self._institution, exc)
+                stop.wait(self._policy.delay(failures))
+                continue
+            except DecisionsUnpublished as exc:
+                failures += 1
+                log.warning("delivery to %s: answers held back: %s", self._institution, exc)
                 stop.wait(self._policy.delay(failures))
                 continue
             if done == 0:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from adapters.base import Institution
+from router.acks import DecisionPublisher
 from router.delivery import (
     Channel,
     ChannelUnavailable,
@@ -179,8 +180,11 @@ class Relay:
             inst: KafkaChannel(producer, topics, inst) for inst in Institution
         }
         chosen.update(channels or {})
+        decisions = DecisionPublisher(producer, topics.canonical)  # CMU's, in HTTP answers
         self.workers = {
-            inst: DeliveryWorker(engine, ch, policy=policy, batch_size=batch_size)
+            inst: DeliveryWorker(
+                engine, ch, policy=policy, batch_size=batch_size, decisions=decisions
+            )
             for inst, ch in chosen.items()
         }
         self.dead_letters = DeadLetterPublisher(engine, producer, topics, batch_size=batch_size)

@@ -6,7 +6,8 @@ Order of events for one request: count it; ``down`` → 503 at once; one random 
 message is not processed); a drawn error → 503 (not processed); a drawn drop before
 processing → connection closed; signature check (``router.signing.Verifier``) → 401, nothing
 recorded; the institution's own processing (recorded in ``received``); a drawn drop after
-processing → connection closed, the answer is lost but the message counts.
+processing, or one the institution chooses (``lose_answer``) → connection closed, the answer
+is lost but the message counts.
 
 A message id that was accepted once is accepted again with the same answer (institutions apply
 a re-sent message once: FHIR conditional creates, CSS and IPRES by message id); a rejected one
@@ -154,6 +155,11 @@ class HttpFake:
     def unauthorized(self, error: SignatureRejected) -> Answer:
         raise NotImplementedError
 
+    def lose_answer(self, message_id: str) -> bool:
+        """Whether the answer to this processed message is lost on the way back (an
+        institution's own fault knob; the base never loses one)."""
+        return False
+
     def _process(self, message_id: str, body: bytes, content_type: str) -> Answer:
         prior = self.recorder.accepted_before(message_id)
         first, answer = prior if prior is not None else (None, None)
@@ -183,7 +189,7 @@ class HttpFake:
         except SignatureRejected as exc:
             return self._counted(self.unauthorized(exc))
         answer = self._process(message_id, body, request.headers.get("content-type", ""))
-        if fate is Fate.DROP:
+        if fate is Fate.DROP or self.lose_answer(message_id):
             return self._counted(None)
         return self._counted(answer)
 

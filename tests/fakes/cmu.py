@@ -7,7 +7,15 @@ Answers, every one readable by ``adapters.cmu.parse_ack``:
   a location; a transaction with no entries is answered too (``institution_ref`` = Bundle.id);
 * 400 ``OperationOutcome`` (reason ``R001``) for a body that is not an R4B transaction Bundle or
   whose identifier is not the signed ``webhook-id``; 415 likewise for another content type;
-* 422 ``OperationOutcome`` (``R042`` unless ``Faults.reject_code``) for ``reject_members``.
+* 422 ``OperationOutcome`` (``R042`` unless ``Faults.reject_code``) for ``reject_members``;
+* with ``adjudicate_claims`` set to an outcome, a transaction holding a Claim is decided at
+  once: 200 ``batch-response`` Bundle whose entries are the transaction-response and CMU's
+  ``ClaimResponse`` (``outcome complete``, the message id in its extension, ``submitted`` =
+  the Claim's total, ``benefit`` = all, half or nothing of it, reason ``NOT_COVERED`` unless
+  all is paid); ``Faults.duplicate_acks`` repeats the ClaimResponse in the same answer. A
+  re-sent claim gets the same answer, decision included (CMU decides a claim once), and
+  ``decisions_lost`` loses that many answers of each decided claim (connection closed after
+  processing), so Jokko has to ask again and gets the decision a second time.
 
 Every ``OperationOutcome`` carries the message id (the signed ``webhook-id``) in the
 ``message-id`` extension, except the 401 of a refused signature: that one answers the channel,
@@ -18,6 +26,8 @@ its own failure (wrong key), never as CMU rejecting the message.
 from __future__ import annotations
 
 import json
+import threading
+from collections import Counter
 from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
@@ -26,7 +36,9 @@ from pydantic import ValidationError
 from adapters.base import AckStatus, Institution
 from adapters.cmu import systems as s
 from router.signing import SignatureRejected
+from schemas.payloads import ClaimOutcome
 from tests.fakes.base import Answer, HttpFake, ReceivedMessage
+from tests.fakes.faults import Faults
 
 FHIR_JSON = "application/fhir+json"
 MALFORMED = "R001"
@@ -105,9 +117,81 @@ def _problem(doc: Any, message_id: str) -> str | None:
     return None
 
 
+def _claim_of(doc: Json) -> Json | None:
+    for entry in doc.get("entry", []):
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") == "Claim":
+            claim: Json = resource
+            return claim
+    return None
+
+
+def claim_response(message_id: str, claim: Json, outcome: ClaimOutcome, ref: str) -> Json:
+    """CMU's decision on ``claim``, as ``adapters.cmu.parse_ack`` reads it (FORMAT.md §4)."""
+    claimed = int(claim["total"]["value"])
+    approved = {
+        ClaimOutcome.APPROVED: claimed,
+        ClaimOutcome.PARTIALLY_APPROVED: claimed // 2,
+        ClaimOutcome.REJECTED: 0,
+    }[outcome]
+    claim_id = next(i["value"] for i in claim["identifier"] if i["system"] == s.CLAIM_ID)
+
+    def total(category: str, value: int) -> Json:
+        return {
+            "category": {"coding": [{"system": s.ADJUDICATION, "code": category}]},
+            "amount": {"value": value, "currency": "XOF"},
+        }
+
+    doc: Json = {
+        "resourceType": "ClaimResponse",
+        "id": ref,
+        "extension": [{"url": s.EXT_MESSAGE_ID, "valueString": message_id}],
+        "identifier": [{"system": "https://cmu.sn/fhir/claim-response-id", "value": ref}],
+        "status": "active",
+        "type": {"coding": [{"system": s.CLAIM_TYPE, "code": "professional"}]},
+        "use": "claim",
+        "patient": claim["patient"],
+        "created": "2026-03-20T09:00:00Z",
+        "insurer": {"identifier": {"system": s.MUTUAL, "value": "CMU"}},
+        "request": {"identifier": {"system": s.CLAIM_ID, "value": claim_id}},
+        "outcome": "complete",
+        "total": [total("submitted", claimed), total("benefit", approved)],
+    }
+    if outcome is not ClaimOutcome.APPROVED:
+        doc["adjudication"] = [
+            {
+                "category": {"coding": [{"system": s.ADJUDICATION, "code": "benefit"}]},
+                "reason": {"coding": [{"system": s.ADJUDICATION_REASON, "code": "NOT_COVERED"}]},
+            }
+        ]
+    return doc
+
+
 class FakeCMU(HttpFake):
     institution = Institution.CMU
     path = "/fhir"
+
+    def __init__(
+        self,
+        secret: bytes,
+        faults: Faults | None = None,
+        *,
+        adjudicate_claims: ClaimOutcome | None = None,
+    ) -> None:
+        super().__init__(secret, faults)
+        self.adjudicate_claims = adjudicate_claims
+        """The outcome CMU gives every claim at once, in its answer; None: no decision yet."""
+        self.decisions_lost = 0
+        """How many answers carrying a decision are lost, per claim message."""
+        self._decided: Counter[str] = Counter()  # message id -> answers with its decision
+        self._decided_lock = threading.Lock()
+
+    def lose_answer(self, message_id: str) -> bool:
+        with self._decided_lock:
+            if message_id not in self._decided:
+                return False
+            self._decided[message_id] += 1
+            return self._decided[message_id] <= self.decisions_lost
 
     def unauthorized(self, error: SignatureRejected) -> Answer:
         text = f"signature refused: {error.reason}"
@@ -164,4 +248,17 @@ class FakeCMU(HttpFake):
             response["entry"] = entries
         ref = entries[0]["response"]["location"] if entries else response["id"]
         kept = ReceivedMessage(message_id, member, body, AckStatus.ACCEPTED, institution_ref=ref)
-        return _fhir(response, 200), kept
+        claim = _claim_of(doc)
+        if claim is None or self.adjudicate_claims is None:
+            return _fhir(response, 200), kept
+        decision = claim_response(message_id, claim, self.adjudicate_claims, f"cmu-cr-{n}")
+        with self._decided_lock:
+            self._decided.setdefault(message_id, 0)  # its answers are counted on the way out
+        answers = [response, decision, *([decision] if self.faults.duplicate_acks else [])]
+        batch: Json = {
+            "resourceType": "Bundle",
+            "id": f"cmu-batch-{n}",
+            "type": "batch-response",
+            "entry": [{"resource": a} for a in answers],
+        }
+        return _fhir(batch, 200), kept
