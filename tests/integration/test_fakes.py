@@ -23,6 +23,7 @@ from router.routing import destinations
 from router.signing import sign
 from schemas import CanonicalEvent
 from schemas.examples import load_examples
+from schemas.payloads import ClaimOutcome
 from tests.factories import contributions, enrolments
 from tests.fakes.cmu import FakeCMU
 from tests.fakes.css import FakeCSS
@@ -146,6 +147,39 @@ def test_cmu_rejects_the_members_it_is_told_to(cmu: tuple[FakeCMU, Jokko]) -> No
         messages[1],
     )
     assert adapters.cmu.parse_ack(again.content)[0].status is AckStatus.ACCEPTED
+
+
+def test_cmu_decides_claims_in_its_answer_and_can_lose_the_first_one(
+    cmu: tuple[FakeCMU, Jokko],
+) -> None:
+    fake, client = cmu
+    claims = [
+        m for m in translated(adapters.cmu, load_examples()) if b'"resourceType":"Claim"' in m.body
+    ]
+    assert len(claims) == 3
+    fake.adjudicate_claims = ClaimOutcome.PARTIALLY_APPROVED
+    fake.decisions_lost = 1
+    fake.faults.duplicate_acks = True
+    for m in claims:
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.deliver("/fhir", m)  # decided, the answer lost
+        answer = client.deliver("/fhir", m)
+        assert answer.status_code == 200
+        tx, decision, again = adapters.cmu.parse_ack(answer.content)
+        assert tx.message_id == decision.message_id == again.message_id == m.message_id
+        assert tx.adjudication is None
+        assert decision == again, "the same decision twice in one answer"
+        assert decision.adjudication is not None
+        claimed = decision.adjudication.claimed_amount
+        assert decision.adjudication.approved_amount == claimed // 2
+        assert decision.adjudication.outcome is ClaimOutcome.PARTIALLY_APPROVED
+        assert decision.adjudication.reason_codes == ("NOT_COVERED",)
+        assert client.deliver("/fhir", m).content == answer.content, "decided once"
+    assert [r.resent for r in fake.received] == [False, True, True] * 3
+    # anything but a claim is answered as before, and never lost
+    [enrolment] = translated(adapters.cmu, enrolments(1))
+    [ack] = adapters.cmu.parse_ack(client.deliver("/fhir", enrolment).content)
+    assert (ack.status, ack.adjudication) == (AckStatus.ACCEPTED, None)
 
 
 def test_cmu_refuses_what_is_not_an_r4b_transaction(cmu: tuple[FakeCMU, Jokko]) -> None:
