@@ -43,6 +43,14 @@ def replay(engine: Engine, processor: Processor, dead_letter_ids: Iterable[int])
     return results
 
 
+def unknown_dead_letters(engine: Engine, dead_letter_ids: Iterable[int]) -> list[int]:
+    """The ids no dead letter has, so an operator's typo is refused before anything is replayed."""
+    wanted = set(dead_letter_ids)
+    with Session(engine) as session:
+        known = set(session.scalars(select(DeadLetterRow.id).where(DeadLetterRow.id.in_(wanted))))
+    return sorted(wanted - known)
+
+
 def _redeliver(session: Session, dead: DeadLetterRow) -> str:
     """Back to pending with a new budget; ``redelivered`` once, ``already_redelivered`` after."""
     row = session.scalars(
