@@ -262,3 +262,9 @@ class FakeCMU(HttpFake):
             "entry": [{"resource": a} for a in answers],
         }
         return _fhir(batch, 200), kept
+
+    def extract(self) -> str:
+        """CMU's reconciliation export (NDJSON) of what it accepted and decided."""
+        from tests.fakes import holdings
+
+        return holdings.recorded_cmu_extract(self.recorder)

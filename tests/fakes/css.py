@@ -120,3 +120,9 @@ class FakeCSS(HttpFake):
         ack = acknowledgement(message_id, file_number=number)
         kept = ReceivedMessage(message_id, member, body, AckStatus.ACCEPTED, institution_ref=number)
         return Answer(200, XML, ack), kept
+
+    def extract(self) -> str:
+        """CSS's reconciliation statement (CSV) of the documents it accepted."""
+        from tests.fakes import holdings
+
+        return holdings.css_extract(holdings.accepted_bodies(self.received))

@@ -11,8 +11,11 @@ by hand. Messages are applied in arrival order, the way the institution would:
 * a contribution adds its share to its member-month-branch; a reversal takes its own amounts
   off, only if the original it names is held (CSS R032, IPRES R060 otherwise) and only once;
   a statement lists positive net amounts;
-* CMU: a claim is created by its id (conditional create), a ClaimResponse sets its status to
-  the decision (``disposition``), since FHIR ``Claim.status`` has no code for one;
+* CMU: a claim is created by its id (conditional create); a decision sets its status to the
+  outcome its amounts say (approved / partially_approved / rejected, as ``parse_ack`` reads
+  them), since FHIR ``Claim.status`` has no code for one. Decisions are the mutual's
+  ClaimResponses CMU received and CMU's own, found in its answers (``FakeCMU``'s
+  ``adjudicate_claims``): routing never sends CMU its own decisions;
 * a message id seen twice is applied once (every body carries its id), and CMU's conditional
   creates are no-ops when the identifier exists, as a FHIR server does.
 
@@ -23,7 +26,7 @@ active dependents; CSS status and, in the family branch, dependents; IPRES statu
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +39,7 @@ from adapters.css import NAMESPACE
 from adapters.css import extract as css_x
 from adapters.extract import Rec, RecordKind
 from adapters.ipres import extract as ipres_x
-from tests.fakes.base import ReceivedMessage
+from tests.fakes.base import ReceivedMessage, Recorder
 
 Json = dict[str, Any]
 AFF, CON, CLM = RecordKind.AFFILIATION, RecordKind.CONTRIBUTION, RecordKind.CLAIM
@@ -46,8 +49,19 @@ NO_MONTH = "0000-00"
 
 def accepted_bodies(received: Iterable[ReceivedMessage]) -> list[bytes]:
     """The bodies an institution accepted, in arrival order (re-sends included: holdings
-    apply a message id once)."""
+    apply a message id once). For IPRES, the accepted lines of the files it read."""
     return [m.body for m in received if m.status is AckStatus.ACCEPTED]
+
+
+def recorded_cmu_extract(recorder: Recorder) -> str:
+    """``FakeCMU.extract``: what it accepted, with the decisions it gave in its answers."""
+    bodies = accepted_bodies(recorder.received)
+    answers = {}
+    for mid in recorder.accepted_ids():
+        prior = recorder.accepted_before(mid)
+        if prior is not None and prior[1] is not None:
+            answers[mid] = prior[1].body
+    return cmu_extract(bodies, answers)
 
 
 @dataclass
@@ -150,10 +164,31 @@ class _Cmu:
             month = res["billablePeriod"]["start"][:7]
             self.claims[_ident(res)] = [member, month, res["total"]["value"], res["status"]]
         elif rtype == "ClaimResponse":
-            claim = self.claims.get(_ident(res["request"]))
-            if claim is not None:
-                claim[3] = res["disposition"]
+            self.decide(res)
         # Patient, Organization, EpisodeOfCare: identity and care, not reconciled in v1
+
+    def decide(self, response: Json) -> None:
+        claim = self.claims.get(_ident(response["request"]))
+        if claim is None:
+            return  # a decision on a claim CMU does not hold
+        amounts = {
+            t["category"]["coding"][0]["code"]: t["amount"]["value"] for t in response["total"]
+        }
+        benefit, submitted = amounts["benefit"], amounts["submitted"]
+        claim[3] = (
+            "approved"
+            if benefit == submitted
+            else "rejected"
+            if benefit == 0
+            else "partially_approved"
+        )
+
+    def answered(self, answer: Json) -> None:
+        """CMU's own decisions in its answer: a batch-response whose entries hold them."""
+        if answer.get("type") == "batch-response":
+            for entry in answer.get("entry", ()):
+                if entry.get("resource", {}).get("resourceType") == "ClaimResponse":
+                    self.decide(entry["resource"])
 
     def patch(self, rtype: str, value: str, ops: list[tuple[str, Any]]) -> None:
         if rtype == "Coverage" and value in self.coverages:
@@ -197,9 +232,10 @@ class _Cmu:
         return sorted(out)
 
 
-def cmu_holdings(bodies: Iterable[bytes]) -> list[Rec]:
+def cmu_holdings(bodies: Iterable[bytes], answers: Mapping[str, bytes] | None = None) -> list[Rec]:
     """What CMU holds after applying these transaction Bundles in order (key order); claims
-    keep their service month in ``period``, as CMU's extract reads them."""
+    keep their service month in ``period``, as CMU's extract reads them. ``answers``: CMU's
+    answer to a message id, whose own decisions apply right after that message."""
     state, seen = _Cmu(), set[str]()
     for body in bodies:
         bundle = json.loads(body)
@@ -207,12 +243,14 @@ def cmu_holdings(bodies: Iterable[bytes]) -> list[Rec]:
         if mid not in seen:
             seen.add(mid)
             state.apply(bundle)
+            if answers and mid in answers:
+                state.answered(json.loads(answers[mid]))
     return state.recs()
 
 
-def cmu_extract(bodies: Iterable[bytes]) -> str:
+def cmu_extract(bodies: Iterable[bytes], answers: Mapping[str, bytes] | None = None) -> str:
     """CMU's NDJSON export of what it holds (adapters/cmu/FORMAT.md §5)."""
-    return "".join(cmu_x.extract_line(r) + "\n" for r in cmu_holdings(bodies))
+    return "".join(cmu_x.extract_line(r) + "\n" for r in cmu_holdings(bodies, answers))
 
 
 # --- CSS: urn:sn:css:jokko:v1 XML documents --------------------------------------------------

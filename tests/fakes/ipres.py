@@ -339,3 +339,9 @@ class FakeIPRES(HttpFake):
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def extract(self) -> str:
+        """IPRES's statement file of the lines it accepted, out of the files it accepted."""
+        from tests.fakes import holdings
+
+        return holdings.ipres_extract(holdings.accepted_bodies(self.received))
