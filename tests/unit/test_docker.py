@@ -215,8 +215,12 @@ def test_scalable_services_have_no_fixed_name_or_port(name: str) -> None:
 def test_router_static_membership_uses_the_container_hostname() -> None:
     entrypoint = services()["router"]["entrypoint"]
     assert entrypoint[:2] == ["sh", "-c"]
-    # After compose's interpolation ($$ -> $) the shell sees $HOSTNAME, set per container.
-    assert 'JOKKO_ROUTER_INSTANCE_ID="${JOKKO_ROUTER_INSTANCE_ID:-$HOSTNAME}"' in entrypoint[2]
+    # After compose's interpolation ($$ -> $) the shell sees $HOSTNAME, which Docker sets per
+    # container (/etc/hostname holds the same name).
+    assert (
+        'JOKKO_ROUTER_INSTANCE_ID="${JOKKO_ROUTER_INSTANCE_ID:-${HOSTNAME:-$(cat /etc/hostname)}}"'
+        in entrypoint[2]
+    )
     assert entrypoint[2].endswith("exec jokko router")
 
 
