@@ -10,38 +10,56 @@ from __future__ import annotations
 
 import re
 import sys
+import tomllib
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from packaging.requirements import Requirement
 
-OUT = Path(__file__).resolve().parent / "constraints.txt"
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "constraints.txt"
+PYPROJECT = HERE.parent / "pyproject.toml"
 
 
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def runtime_closure(root: str = "jokko") -> dict[str, str]:
-    """Name -> installed version of every distribution ``root`` needs at run time (no extras
-    beyond those its own requirements ask for, no dev tools)."""
+def direct_requirements(pyproject: Path = PYPROJECT) -> list[str]:
+    """From pyproject.toml itself: the installed jokko metadata lags behind an edit of it."""
+    requirements: list[str] = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"][
+        "dependencies"
+    ]
+    return requirements
+
+
+def runtime_closure() -> dict[str, str]:
+    """Name -> installed version of every distribution the runtime dependencies need (with
+    the extras they ask for; no dev tools)."""
     found: dict[str, str] = {}
-    todo: list[tuple[str, frozenset[str]]] = [(root, frozenset())]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [
+        req
+        for req in map(Requirement, direct_requirements())
+        if req.marker is None or req.marker.evaluate()
+    ]
     while todo:
-        name, extras = todo.pop()
+        req = todo.pop()
         try:
-            dist = distribution(name)
+            dist = distribution(req.name)
         except PackageNotFoundError:
-            continue  # a marker-excluded requirement (other platform or Python)
+            raise SystemExit(f"{req.name} is not installed: pip install -e '.[dev]'") from None
         key = _canonical(dist.metadata["Name"])
-        if name != root:
-            found[key] = dist.version
+        if (key, frozenset(req.extras)) in seen:
+            continue
+        seen.add((key, frozenset(req.extras)))
+        found[key] = dist.version
+        envs = [{"extra": e} for e in req.extras] or [{"extra": ""}]
         for line in dist.requires or []:
-            req = Requirement(line)
-            env = [{"extra": e} for e in extras] or [{"extra": ""}]
-            if req.marker is not None and not any(req.marker.evaluate(e) for e in env):
+            dep = Requirement(line)
+            if dep.marker is not None and not any(dep.marker.evaluate(e) for e in envs):
                 continue
-            todo.append((req.name, frozenset(req.extras)))
+            todo.append(dep)
     return found
 
 
