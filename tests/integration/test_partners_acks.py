@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date
 
 import pytest
@@ -19,12 +19,16 @@ from sqlalchemy.orm import Session
 from adapters.base import Ack, AckStatus, Institution
 from adapters.css import parse_ack as parse_css_ack
 from adapters.ipres import build_ack_file
-from router.acks import apply_acks
+from router.acks import DecisionsUnpublished, apply_acks
+from router.delivery import DeliveryWorker
+from router.processing import RawRecord
 from router.replay import replay
 from router.store import AckAnomalyRow, DeadLetterRow, DeliveryState, OutboxRow
-from schemas import CanonicalEvent, ClaimAdjudicated, parse_event
+from schemas import CanonicalEvent, ClaimAdjudicated, dump_event, parse_event
 from schemas.examples import load_examples
 from schemas.payloads import ClaimOutcome
+from services.bootstrap import bootstrap
+from services.settings import Settings
 from tests.integration import test_partners
 from tests.integration.test_partners import Partners, Run, activity
 
@@ -243,3 +247,50 @@ def test_css_down_makes_dead_letters_that_replay_brings_to_accepted(
     test_partners.in_member_order(run, [m.message_id for m in css.received], Institution.CSS)
     again = replay(run.app.engine, run.app.processor(), [d.id for d in dead])
     assert set(again.values()) == {"already_redelivered"}
+
+
+def test_a_decision_not_published_holds_its_answer_back_until_it_is(
+    jokko_settings: Callable[..., Settings], partners: Partners
+) -> None:
+    """The worker publishes CMU's decisions before committing the answers: a failed publish
+    leaves the claim pending, and the next try publishes the same event."""
+    partners.cmu.adjudicate_claims = ClaimOutcome.APPROVED
+    app = bootstrap(jokko_settings(**partners.settings), kafka=False)
+    try:
+        events = claims_with_their_members()
+        app.processor().process_batch(
+            [RawRecord("canonical", 0, i, dump_event(e)) for i, e in enumerate(events)]
+        )
+        published: list[ClaimAdjudicated] = []
+        broker_down = True
+
+        def decisions(batch: Sequence[ClaimAdjudicated]) -> None:
+            if broker_down:
+                raise DecisionsUnpublished("broker away")
+            published.extend(batch)
+
+        channel = app.channels()[Institution.CMU]
+        worker = DeliveryWorker(app.engine, channel, batch_size=100, decisions=decisions)
+        with pytest.raises(DecisionsUnpublished):
+            worker.deliver_once()
+        with Session(app.engine) as s:
+            cmu = list(s.scalars(select(OutboxRow).where(OutboxRow.institution == "cmu")))
+        assert all(r.state == DeliveryState.PENDING and r.attempts == 0 for r in cmu)
+        assert len(partners.cmu.recorder.accepted_ids()) == len(cmu), "CMU has them all"
+
+        broker_down = False
+        assert worker.deliver_once() == len(cmu)
+        worker.close()
+        claim_ids = {e.event_id for e in events if e.event_type == "claim.submitted"}
+        assert {e.correlation_id for e in published} == claim_ids
+        assert len(published) == len(claim_ids)
+        by_message = {r.event_id: r.message_id for r in cmu}
+        for e in published:
+            assert e.event_id == uuid.uuid5(
+                ADJUDICATION_NS, f"cmu:{by_message[str(e.correlation_id)]}"
+            )
+        assert all(m.resent for m in partners.cmu.received[len(cmu) :]), (
+            "the second try was CMU's first answer again"
+        )
+    finally:
+        app.engine.dispose()
