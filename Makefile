@@ -46,6 +46,7 @@ demo: install
 bench: install infra
 	$(BIN)/python -m bench.adapters
 	$(BIN)/python -m bench.router
+	$(BIN)/python -m bench.api
 
 schema: install
 	$(BIN)/jokko schema export
