@@ -51,43 +51,59 @@ class KafkaChannel:
         topics: Topics,
         institution: Institution,
         *,
-        timeout_s: float = 30.0,
+        timeout_s: float | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topics.outbound(institution)
         self._institution = institution
-        self._timeout = timeout_s
+        # Until the producer itself gives up on a record (its delivery timeout): a record
+        # given up on sooner may still go out, and its retry would be a second copy.
+        self._timeout = timeout_s or producer.config["delivery_timeout_ms"] / 1000 + 5
 
     @property
     def institution(self) -> Institution:
         return self._institution
 
     def deliver(self, parcels: Sequence[Parcel]) -> list[Delivery]:
-        try:
-            futures = [
-                self._producer.send(
-                    self._topic,
-                    key=p.member_id.encode(),
-                    value=p.body,
-                    headers=[
-                        ("message_id", p.message_id.encode()),
-                        ("event_id", p.event_id.encode()),
-                        ("kind", p.kind.encode()),
-                        ("content_type", p.content_type.encode()),
-                        ("member_seq", str(p.member_seq).encode()),
-                        ("format_version", str(p.format_version).encode()),
-                    ],
+        futures = []
+        refused: KafkaError | None = None
+        for p in parcels:
+            try:
+                futures.append(
+                    self._producer.send(
+                        self._topic,
+                        key=p.member_id.encode(),
+                        value=p.body,
+                        headers=[
+                            ("message_id", p.message_id.encode()),
+                            ("event_id", p.event_id.encode()),
+                            ("kind", p.kind.encode()),
+                            ("content_type", p.content_type.encode()),
+                            ("member_seq", str(p.member_seq).encode()),
+                            ("format_version", str(p.format_version).encode()),
+                        ],
+                    )
                 )
-                for p in parcels
-            ]
-            # Waiting on our own futures, not flush(): another institution's stuck records
-            # in the shared producer must not hold this one up.
-            for f in futures:
+            except KafkaError as exc:  # e.g. no metadata for the topic within max_block
+                refused = exc
+                break
+        if not futures:
+            raise ChannelUnavailable(f"{self._topic}: {refused!r}")
+        # Waiting on our own futures, not flush(): another institution's stuck records in the
+        # shared producer must not hold this one up. Each record is reported on its own, so
+        # what did reach the broker is not sent again with what did not.
+        reports = []
+        for p, f in zip(parcels, futures, strict=False):
+            try:
                 f.get(timeout=self._timeout)
-        except KafkaError as exc:
-            # A partial publish is possible; the whole batch is retried with the same ids.
-            raise ChannelUnavailable(f"{self._topic}: {exc!r}") from exc
-        return [Delivery(p.message_id, Result.SENT) for p in parcels]
+                reports.append(Delivery(p.message_id, Result.SENT))
+            except KafkaError as exc:
+                reports.append(Delivery(p.message_id, Result.FAILED, reason_text=repr(exc)))
+        reports += [
+            Delivery(p.message_id, Result.FAILED, reason_text=f"{self._topic}: {refused!r}")
+            for p in parcels[len(futures) :]
+        ]
+        return reports
 
     def close(self) -> None:
         """The producer is shared and closed by the relay."""

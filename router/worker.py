@@ -90,9 +90,18 @@ class RouterWorker:
 
     def run(self, stop: threading.Event) -> None:
         log.info("router started")
+        failures = 0
         try:
             while not stop.is_set():
-                self.poll_once()
+                try:
+                    self.poll_once()
+                    failures = 0
+                except KafkaError as exc:
+                    # The broker went away under ``poll`` (found by the broker-stop test): this
+                    # poll applied nothing, so polling again once it is back loses nothing.
+                    failures += 1
+                    log.warning("broker unavailable, polling again: %s", exc)
+                    stop.wait(min(5.0, 0.1 * 2**failures))
         finally:
             self.close()
             log.info("router stopped: %s", dict(self.stats))
