@@ -70,7 +70,9 @@ templates = Jinja2Templates(directory=pathlib.Path(__file__).parent / "templates
 _HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not "no-referrer": with it, browsers send "Origin: null" on form posts, which the
+    # Origin check must refuse. "same-origin" still keeps ids out of other sites' logs.
+    "Referrer-Policy": "same-origin",
     # No script at all; the report is framed from the console only.
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
     "frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
