@@ -1,26 +1,26 @@
 """Reconciliation at scale: N members x 12 monthly contributions (plus affiliations and claims)
-against the three institutions' extracts with 0.1% injected discrepancies. Measures the
-reconciliation alone (in a child process, so ru_maxrss is its own peak), checks that exactly the
-injected discrepancies are found, and records time, peak memory and records/s.
+against the three institutions' extracts with 0.1% injected discrepancies. Generates the files
+(sharded too), then times the comparison in ``--workers`` processes (``reconcile_files``, member
+id ranges) and, with ``--peer``, in one process on the same files; checks that exactly the
+injected discrepancies are found; records time, peak memory summed over every process of the
+comparison, records/s.
 
-    python -m bench.reconcile --members 100000 [--members 1000000] [--no-record]
+    python -m bench.reconcile --members 100000 --peer [--members 1000000] [--no-record]
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import resource
+import os
 import tempfile
 import time
-from collections.abc import Iterable
 from pathlib import Path
-from typing import cast
+from typing import Any
 
 from bench.record import figure, write_record
-from services.reconcile import INSTITUTIONS, Discrepancy, Totals, extract_source, ledger_source
-from services.reconcile import reconcile as run_reconcile
+from services.reconcile import INSTITUTIONS, Discrepancy, Totals
 from services.reconcile_data import generate_files
+from services.reconcile_shards import reconcile_files
 
 MONTHS = 12
 RATE = 0.001
@@ -37,97 +37,122 @@ class _Keys:
         self.keys.clear()
 
 
-def _lines(path: Path) -> Iterable[str]:
-    with path.open(encoding="utf-8", newline="", buffering=1 << 20) as f:
-        yield from f
-
-
-def _child(paths: dict[str, Path], out: multiprocessing.queues.Queue[object]) -> None:
-    t0 = time.perf_counter()
+def _compare(paths: dict[str, Path], workers: int) -> dict[str, Any]:
     keys, totals = _Keys(), Totals()
-    run_reconcile(
-        ledger_source(lambda: _lines(paths["ledger"]), INSTITUTIONS),
-        {i: extract_source(i, lambda i=i: _lines(paths[i])) for i in INSTITUTIONS},  # type: ignore[misc]
-        keys,
-        totals,
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    measured = reconcile_files(
+        paths["ledger"], {i: paths[i] for i in INSTITUTIONS}, keys, totals, workers=workers
     )
     elapsed = time.perf_counter() - t0
     records = sum(a + b for a, b in totals.compared.values())
-    out.put((elapsed, records, keys.keys))
+    return {
+        "workers": measured.shards,
+        "seconds": elapsed,
+        "records": records,
+        "records_per_s": records / elapsed,
+        "peak_mib": sum(measured.peaks_kib) / 1024,
+        "largest_process_mib": max(measured.peaks_kib) / 1024,
+        "found": keys.keys,
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+    }
 
 
-def measure(members: int) -> dict[str, float | int | bool]:
+def measure(members: int, workers: int, peer: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="jokko-reconcile-") as tmp:
         t0 = time.perf_counter()
-        gen, paths = generate_files(Path(tmp), members, MONTHS, rate=RATE)
+        gen, paths = generate_files(Path(tmp), members, MONTHS, rate=RATE, workers=workers)
         gen_s = time.perf_counter() - t0
         size = sum(p.stat().st_size for p in paths.values())
-        ctx = multiprocessing.get_context("fork")
-        queue: multiprocessing.queues.Queue[object] = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(paths, queue))
-        proc.start()
-        got = cast(tuple[float, int, set[tuple[str, ...]]], queue.get())
-        elapsed, records, found = got
-        proc.join()
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    exact = found == gen.truth
+        print(f"{members:,} members: generated {size / 2**20:.0f} MiB in {gen_s:.0f} s", flush=True)
+        sharded = _compare(paths, workers)
+        print({k: v for k, v in sharded.items() if k != "found"}, flush=True)
+        single = _compare(paths, 1) if peer else None
+        if single:
+            print({k: v for k, v in single.items() if k != "found"}, flush=True)
     return {
         "members": members,
         "generate_s": gen_s,
         "files_mib": size / 2**20,
-        "seconds": elapsed,
-        "records": records,
-        "records_per_s": records / elapsed,
-        "peak_mib": peak_kib / 1024,
         "injected": len(gen.truth),
-        "exact": exact,
+        "sharded": sharded,
+        "single": single,
+        "exact": sharded["found"] == gen.truth and (single is None or single["found"] == gen.truth),
     }
+
+
+def _figures(r: dict[str, Any]) -> list[dict[str, Any]]:
+    tag = f"{r['members'] // 1000}k" if r["members"] < 1_000_000 else f"{r['members'] // 10**6}M"
+    s, one = r["sharded"], r["single"]
+    at_1m = r["members"] >= 1_000_000
+    projected = 1_000_000 / r["members"] * s["seconds"]
+    peer = {"peer": "1 process, same files", "peer_value": one["records_per_s"]} if one else {}
+    out = [
+        figure(f"reconcile_{tag}_seconds", s["seconds"], "s", target="< 60 s at 1M",
+               met=s["seconds"] < 60 if at_1m else None),
+        figure(f"reconcile_{tag}_peak_memory_all_processes", s["peak_mib"], "MiB",
+               target="< 1536 MiB", met=s["peak_mib"] < 1536),
+        figure(f"reconcile_{tag}_records_per_s", s["records_per_s"], "records/s", **peer),
+        figure(f"reconcile_{tag}_exact", float(r["exact"]), "1 = every injected found, "
+               "no false positive", target="1", met=bool(r["exact"])),
+        figure(f"reconcile_{tag}_generate_seconds", r["generate_s"], "s"),
+    ]  # fmt: skip
+    if not at_1m:
+        out.append(figure(f"reconcile_{tag}_projected_1M_seconds", projected, "s",
+                          target="< 60 s", met=projected < 60))  # fmt: skip
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--members", type=int, action="append")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--peer", action="store_true", help="also time 1 process (first size)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     sizes = args.members or [100_000]
-    results = []
-    for n in sizes:
-        r = measure(n)
-        print(r, flush=True)
-        results.append(r)
+    results = [measure(n, args.workers, args.peer and i == 0) for i, n in enumerate(sizes)]
     if args.no_record:
         return
-    figures = []
-    for r in results:
-        tag = f"{r['members'] // 1000}k"
-        projected = 1_000_000 / r["members"] * r["seconds"]
-        figures += [
-            figure(f"reconcile_{tag}_seconds", r["seconds"], "s", target="< 60 s at 1M",
-                   met=r["seconds"] < 60 if r["members"] >= 1_000_000 else None),
-            figure(f"reconcile_{tag}_peak_memory", r["peak_mib"], "MiB", target="< 1536 MiB",
-                   met=r["peak_mib"] < 1536),
-            figure(f"reconcile_{tag}_records_per_s", r["records_per_s"], "records/s"),
-            figure(f"reconcile_{tag}_projected_1M_seconds", projected, "s",
-                   target="< 60 s", met=projected < 60),
-            figure(f"reconcile_{tag}_exact", float(r["exact"]), "1 = every injected found, "
-                   "no false positive", target="1", met=bool(r["exact"])),
-        ]  # fmt: skip
-    detail = "; ".join(
-        f"{r['members']:,} members: {r['records']:,} records (ledger expectations + extract "
-        f"lines) in {r['seconds']:.1f} s, {r['injected']} injected discrepancies all found and "
-        f"nothing else: {r['exact']}; generating the {r['files_mib']:.0f} MiB of files took "
-        f"{r['generate_s']:.1f} s"
-        for r in results
-    )
+    figures = [f for r in results for f in _figures(r)]
+
+    def line(r: dict[str, Any]) -> str:
+        s, one = r["sharded"], r["single"]
+        text = (
+            f"{r['members']:,} members: {s['records']:,} records (ledger expectations + extract "
+            f"lines, {r['files_mib']:.0f} MiB of files generated in {r['generate_s']:.0f} s) "
+            f"compared in {s['seconds']:.1f} s by {s['workers']} processes "
+            f"({s['records_per_s']:,.0f} records/s, peak {s['peak_mib']:.0f} MiB summed over "
+            f"the processes, largest {s['largest_process_mib']:.0f} MiB; load average "
+            f"{s['load_before']:.1f} before, {s['load_after']:.1f} after)"
+        )
+        if one:
+            text += (
+                f", in {one['seconds']:.1f} s by 1 process ({one['records_per_s']:,.0f} "
+                f"records/s, {one['peak_mib']:.0f} MiB)"
+            )
+        return (
+            text + f"; {r['injected']:,} injected discrepancies all found and nothing else: "
+            f"{r['exact']}"
+        )
+
     notes = (
-        f"{detail}. One process, one pass: a streaming sort-merge of the ledger and the three "
-        "extracts (files exported member by member, so only one member's records are sorted "
-        "at a time); memory stays flat whatever the size. Time is linear in records and "
-        "CPU-bound in pure-Python parsing (csv, json, fixed-width) and tuple comparison: the 60 s "
-        "target for 1M members is not met this way. To 10M members (and to meet it): shard by "
-        "region (member ids carry it; 14 independent merges over per-region extract files, one "
-        "process per core), and read extracts with a columnar engine (DuckDB/Arrow CSV and JSON "
-        "readers) so the Python loop only sees discrepancies; memory would stay O(1) per shard."
+        "; ".join(line(r) for r in results) + ". The machine (2 cores) was shared with other "
+        "engineers' test runs (Kafka brokers, PostgreSQL, pytest), hence the load averages: "
+        "times are upper bounds of what the code does on an idle machine. How it works: each "
+        "export is sorted by member, so every file is cut into byte ranges at the same member "
+        "boundaries (binary search on its lines) and each process streams a sort-merge of its "
+        "ranges; memory is O(1) per process (one member's records, read buffers), discrepancies "
+        "(0.1%) come back to the parent over a queue. The work is pure-Python parsing (csv, "
+        "json, fixed width) and tuple comparison, linear in records: it scales with cores, not "
+        "with memory. To 10M members (about 570M records): 10x the time at the same core count "
+        "and the same memory per process (nothing grows with the data but the discrepancies "
+        "kept); more cores divide the time, since shards share nothing. Meeting 60 s at 1M "
+        "on 2 cores needs ~10x less CPU per record than Python's parsers give: push the join "
+        "into a columnar engine (DuckDB or Arrow reading the CSV/NDJSON natively, a full "
+        "outer join on the key, Python only seeing the discrepancies), or have the "
+        "institutions send columnar extracts."
     )
     write_record("reconcile", figures, notes)
 

@@ -90,7 +90,7 @@ def member_of_line(line: str) -> str | None:
 
 
 def ledger_line(row: LedgerRow) -> str:
-    return ",".join(str(v) for v in row) + "\r\n"
+    return ",".join(map(str, row)) + "\r\n"
 
 
 def header_line() -> str:
