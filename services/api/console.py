@@ -47,6 +47,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adapters.base import Institution
 from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
+from schemas.errors import JokkoError
 from services.api import pagination
 from services.api.deps import JokkoDep, SessionDep
 from services.api.routes import dead_letters, deliveries, events, reconcile
@@ -92,23 +93,26 @@ class Operator:
     csrf: str
 
 
-class LoginRequired(Exception):
+class LoginRequired(JokkoError):
     """Answered by a redirect to the login page (and the stale cookie dropped)."""
 
     def __init__(self, next_path: str, *, expired: bool) -> None:
+        super().__init__("log in to the console")
         self.next_path = next_path
         self.expired = expired
 
 
-class Refused(Exception):
+class Refused(JokkoError):
     """A console request refused before any work: rendered as an error page."""
 
     def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
         self.status = status
         self.message = message
 
 
 def csrf_token(access_token: str) -> str:
+    """The session's form token: only who can read the HttpOnly cookie can compute it."""
     return hashlib.sha256(b"jokko-console-csrf\x00" + access_token.encode()).hexdigest()
 
 
