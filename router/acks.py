@@ -4,7 +4,8 @@
 for a message Jokko never sent, or one contradicting an earlier ack, is kept as an anomaly
 (``ack_anomaly``) for the operators, never dropped. Acks arrive on the institution's ack
 topic (``AckConsumer``), as ack files (``AckFilePicker``) or in the HTTP answer itself (the
-push channel reports them directly to the delivery worker).
+push channel reports them directly to the delivery worker, which turns CMU's decisions into
+events with ``adjudication_events``: the same ids whichever way a decision came).
 """
 
 from __future__ import annotations

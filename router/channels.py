@@ -35,6 +35,9 @@ from router.delivery import ChannelUnavailable, Delivery, Parcel, Result
 from router.signing import sign
 
 ParseAck = Callable[[bytes], list[Ack]]
+_REPLAY_WINDOW_S = 600
+"""Longer than any partner's tolerance (``router.signing.Verifier``: 300 s by default)."""
+_PRUNE_AT = 10_000
 
 
 def delivery_of(ack: Ack, batch_ref: str | None = None) -> Delivery:
@@ -82,6 +85,7 @@ class HttpChannel:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix=f"push-{institution}")
         self._clock = clock
         self._last_ts: dict[str, int] = {}
+        self._prune_at = _PRUNE_AT
         self._lock = threading.Lock()
         self.requests = 0
 
@@ -113,10 +117,18 @@ class HttpChannel:
 
     def _timestamp(self, message_id: str) -> int:
         """Each attempt of a message gets a later timestamp than the last, so a partner's
-        replay protection never mistakes a legitimate retry for a replayed request."""
+        replay protection never mistakes a legitimate retry for a replayed request. Kept after
+        a success too: its answer may never be committed (database away, CMU's decision not
+        published) and the message is sent again at once. Forgotten once older than any
+        partner's replay window."""
         with self._lock:
-            ts = max(int(self._clock()), self._last_ts.get(message_id, 0) + 1)
+            now = int(self._clock())
+            ts = max(now, self._last_ts.get(message_id, 0) + 1)
             self._last_ts[message_id] = ts
+            if len(self._last_ts) > self._prune_at:
+                horizon = now - _REPLAY_WINDOW_S
+                self._last_ts = {m: t for m, t in self._last_ts.items() if t > horizon}
+                self._prune_at = max(_PRUNE_AT, 2 * len(self._last_ts))
             return ts
 
     def _send(self, p: Parcel) -> Delivery:
@@ -142,8 +154,6 @@ class HttpChannel:
             return Delivery(
                 p.message_id, Result.FAILED, reason_text="the answer does not name this message"
             )
-        with self._lock:
-            self._last_ts.pop(p.message_id, None)
         # The first answer about the message decides its state; a decision may come beside
         # it (a batch-response with the transaction-response and a ClaimResponse).
         decision = next((a.adjudication for a in acks if a.adjudication is not None), None)
