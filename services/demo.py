@@ -95,6 +95,7 @@ class Outcome:
     found: Counter[tuple[str, str]] = field(default_factory=Counter)
     after_redrive: Counter[tuple[str, str]] = field(default_factory=Counter)
     redrive: Counter[str] = field(default_factory=Counter)
+    desk: Counter[str] = field(default_factory=Counter)
     css_requests: int = 0
     console_url: str = ""
     problems: list[str] = field(default_factory=list)
@@ -339,12 +340,13 @@ class Demo:
             outcomes.raise_for_status()
             self.outcome.redrive = Counter(outcomes.json()["outcomes"].values())
             c.print(f"re-drive: {dict(self.outcome.redrive)}")
+            self._dead_letter_desk(http)
             self._wait_final(len(month.events))
             self.outcome.final = self._tally()
             self._print_tally(self.outcome.final, "Deliveries after the re-drive")
             self._reconcile(http, month, 2)
             self._expect_closed(rejected_member)
-            self.outcome.console_url = f"{self.api}/console"
+            self.outcome.console_url = f"{self.api}/console/"
             self._farewell()
             if not self.options.exit_at_end:
                 _wait_for_ctrl_c(self.processes)
@@ -386,6 +388,36 @@ class Demo:
             ).get(timeout=30)
         finally:
             producer.close()
+
+    def _dead_letter_desk(self, http: httpx.Client) -> None:
+        """The operator's round of the open dead letters: deliveries are replayed (those the
+        re-drive already put back answer ``already_redelivered``; the others, such as CSS
+        maternity requests that no ledger line covers, go again), the poison record is
+        discarded with a reason."""
+        headers = self._token(http, "operator-demo")
+        letters: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params = {"limit": "500", **({"cursor": cursor} if cursor else {})}
+            page = http.get(f"{self.api}/v1/dead-letters", params=params, headers=headers)
+            page.raise_for_status()
+            letters += page.json()["items"]
+            cursor = page.json().get("next_cursor")
+            if not cursor:
+                break
+        for letter in letters:
+            url = f"{self.api}/v1/dead-letters/{letter['id']}"
+            if str(letter["source"]).startswith("delivery"):
+                answer = http.post(f"{url}/replay", headers=headers)
+                answer.raise_for_status()
+                self.outcome.desk[f"replay: {answer.json()['outcome']}"] += 1
+            else:
+                reason = "truncated record from a broken agent app; the agent re-sends it"
+                http.post(
+                    f"{url}/discard", json={"reason": reason}, headers=headers
+                ).raise_for_status()
+                self.outcome.desk["poison discarded"] += 1
+        self.console.print(f"dead letters handled from the API: {dict(self.outcome.desk)}")
 
     def _wait_final(self, events: int) -> None:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
