@@ -227,7 +227,8 @@ class OpenLoop:
     offered: float
     connections: int
     served: float
-    """Requests answered a second, from the first scheduled send to the last answer."""
+    """Requests answered (cut ones excluded) a second, from the first scheduled send to the
+    last answer or cut."""
 
 
 def _request(token: str, body: bytes, keyed: bool) -> bytes:
@@ -303,7 +304,8 @@ async def _open_loop(port: int, requests: Sequence[bytes], rate: float) -> OpenL
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(scheduled, request)))
     await asyncio.gather(*tasks)
-    served = len(requests) / (time.perf_counter() - start)
+    answered = sum(n for status, n in statuses.items() if status)
+    served = answered / (time.perf_counter() - start)
     for w in opened:
         w.close()
     return OpenLoop(latencies, lags, statuses, rate, len(opened), served)
@@ -463,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.seconds:.0f} s after a 2 s warm-up, {len(with_key.latencies_ms):,} with an "
         f"`Idempotency-Key` each ({described(with_key)}), then {len(no_key.latencies_ms):,} "
         f"without ({described(no_key)}); latency runs from each request's scheduled send time "
-        f"to the end of its answer, on at most {MAX_CONNECTIONS} connections (a no_key "
+        f"to the end of its answer, at most {MAX_CONNECTIONS} connections open at once (a bare "
         f"HTTP/1.1 client on asyncio streams); a request not answered "
         f"{ANSWER_WITHIN_S:.0f} s after its scheduled time is cut and counted at "
         f"{ANSWER_WITHIN_S:.0f} s (status 0), so percentiles at that cap are lower bounds. "
