@@ -1,0 +1,109 @@
+"""``jokko demo`` end to end, as a new user runs it: real processes (API, router, relay, fake
+institutions), the real broker, the embedded SQLite store. The demo checks itself; this test
+checks the demo, from the store it leaves behind, against the month it was generated from."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from router.db import make_engine
+from router.store import (
+    DeadLetterRow,
+    DeliveryState,
+    InboxRow,
+    OutboxRow,
+    ReconciliationItemRow,
+    ReconciliationRunRow,
+)
+from services.demo_data import generate_month, previous_period
+
+pytestmark = pytest.mark.e2e
+MEMBERS = 140
+
+
+def test_demo_runs_the_month_through_and_closes_its_reconciliation(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    prefix = f"d{uuid.uuid4().hex[:8]}."
+    env = {
+        **os.environ,
+        "JOKKO_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "JOKKO_CANONICAL_TOPIC": f"{prefix}jokko.events.v1",
+        "JOKKO_TOPIC_PREFIX": prefix,
+        "JOKKO_ROUTER_GROUP": f"{prefix}router",
+        "COLUMNS": "120",
+    }
+    work = tmp_path / "demo"
+    jokko = Path(sys.executable).with_name("jokko")
+    done = subprocess.run(
+        [str(jokko), "demo", "--members", str(MEMBERS), "--workdir", str(work), "--exit"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    print(done.stdout[-6000:])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "reconciles" in done.stdout
+    assert "operator console: http://127.0.0.1:" in done.stdout
+
+    month = generate_month(MEMBERS, previous_period(datetime.now(UTC)))
+    engine = make_engine(f"sqlite:///{work / 'jokko.db'}")
+    with Session(engine) as s:
+        routed = set(s.scalars(select(InboxRow.event_id)))
+        states = Counter(
+            (str(i), str(st)) for i, st in s.execute(select(OutboxRow.institution, OutboxRow.state))
+        )
+        letters = Counter(s.scalars(select(DeadLetterRow.source)))
+        open_letters = s.scalar(
+            select(func.count())
+            .select_from(DeadLetterRow)
+            .where(DeadLetterRow.replayed_at.is_(None), DeadLetterRow.discarded_at.is_(None))
+        )
+        runs = list(s.scalars(select(ReconciliationRunRow).order_by(ReconciliationRunRow.id)))
+        items = Counter(
+            (r, str(inst), str(kind))
+            for r, inst, kind in s.execute(
+                select(
+                    ReconciliationItemRow.run_id,
+                    ReconciliationItemRow.institution,
+                    ReconciliationItemRow.kind,
+                )
+            )
+        )
+        per_message = s.scalar(
+            select(func.count()).select_from(
+                select(OutboxRow.message_id)
+                .group_by(OutboxRow.message_id)
+                .having(func.count() > 1)
+                .subquery()
+            )
+        )
+    engine.dispose()
+    assert routed == {e["event_id"] for e in month.events}, "every submitted event, once"
+    assert per_message == 0, "one delivery per message"
+    finals = {DeliveryState.ACCEPTED.value, DeliveryState.REJECTED.value}
+    assert {st for _, st in states} <= finals, f"nothing pending or dead at the end: {states}"
+    assert states[("cmu", "rejected")] >= 1, "the member CMU rejects"
+    assert not any(n for (i, st), n in states.items() if i != "cmu" and st == "rejected")
+    assert letters["canonical"] == 1, "the poison record, dead-lettered once"
+    assert open_letters == 0, "the operator's round replayed or discarded every dead letter"
+    assert len(runs) == 2
+    first, second = runs[0].id, runs[1].id
+    # CMU is healthy: what it misses is exactly what it rejected; CSS flapped, so it misses
+    # the records of the messages that died, which the re-drive then closes.
+    assert items[(first, "cmu", "missing")] == states[("cmu", "rejected")]
+    assert items[(first, "css", "missing")] > 0
+    assert not any(n for (r, _, k), n in items.items() if r == first and k != "missing")
+    assert items[(second, "cmu", "missing")] == states[("cmu", "rejected")]
+    assert sum(n for (r, _, _), n in items.items() if r == second) == states[("cmu", "rejected")]
