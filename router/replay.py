@@ -59,6 +59,11 @@ def _redeliver(session: Session, dead: DeadLetterRow) -> str:
     if row is None:
         return "unknown"
     if row.state != DeliveryState.DEAD:
+        # Put back another way (a reconciliation re-drive, an earlier replay): the letter is
+        # closed all the same, so the operator's open list shows only work still to do.
+        if dead.replayed_at is None:
+            dead.replayed_at = utcnow()
+            session.commit()
         return "already_redelivered"
     now = utcnow()
     row.state = DeliveryState.PENDING
