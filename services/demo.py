@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from adapters.msnas.ledger import header_line, ledger_line
 from router.broker import idempotent_producer
+from router.broker import wait_until_ready as wait_for_broker
 from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
 from schemas.errors import JokkoError
 from services.api.security import Authority, Scope
@@ -292,6 +293,7 @@ class Demo:
 
     def run(self) -> Outcome:
         c = self.console
+        wait_for_broker(self.settings.kafka_bootstrap, timeout_s=min(60.0, self.options.timeout_s))
         self._fresh_workdir()
         period = previous_period(datetime.now(UTC))
         month = generate_month(self.options.members, period, seed=self.options.seed)
