@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -217,6 +217,8 @@ def test_asyncapi_outbound_messages_carry_the_relay_headers(asyncapi: dict[str, 
 
 class _RecordingProducer:
     """Stands for KafkaProducer in ``KafkaChannel``: keeps what would have been sent."""
+
+    config: ClassVar[dict[str, int]] = {"delivery_timeout_ms": 120_000}
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, list[tuple[str, bytes]]]] = []
