@@ -223,7 +223,13 @@ def test_css_down_makes_dead_letters_that_replay_brings_to_accepted(
     css_rows = rows_of(run, Institution.CSS)
     assert all(r.state == DeliveryState.DEAD for r in css_rows)
     with Session(run.app.engine) as s:
-        dead = list(s.scalars(select(DeadLetterRow).where(DeadLetterRow.institution == "css")))
+        dead = list(
+            s.scalars(
+                select(DeadLetterRow)
+                .where(DeadLetterRow.institution == "css")
+                .order_by(DeadLetterRow.id)
+            )
+        )
     assert {d.message_id for d in dead} == {r.message_id for r in css_rows}
     for d in dead:
         assert d.reason == "retries_exhausted"
@@ -239,6 +245,8 @@ def test_css_down_makes_dead_letters_that_replay_brings_to_accepted(
     assert all(r.state == DeliveryState.ACCEPTED for r in run.rows() if r.institution != "css")
 
     css.faults.down = False
+    # In dead-letter order: a member's later letter replayed first would leave before its
+    # earlier one (a dead row does not hold its member's later rows back).
     results = replay(run.app.engine, run.app.processor(), [d.id for d in dead])
     assert set(results.values()) == {"redelivered"}
     run.wait(lambda: run.unfinished(Institution.CSS) == 0, 60, "the replayed deliveries")
