@@ -116,19 +116,21 @@ def _idempotent(
         return JSONResponse(payload, status_code=status)
     idempotency.check_key(key)
     digest = idempotency.body_hash(request_body)
-    stored = idempotency.lookup(jokko.engine, principal.client_id, key, digest)
-    if stored is None:
-        status, payload = compute()
-        stored = idempotency.remember(
-            jokko.engine,
-            principal.client_id,
-            key,
-            digest,
-            idempotency.StoredAnswer(status, json.dumps(payload).encode()),
-        )
-        replayed = "false"
-    else:
-        replayed = "true"
+    # One connection for the look-up and the insert: one pool check-out (and pre-ping) less.
+    with jokko.engine.connect() as conn:
+        stored = idempotency.lookup(conn, principal.client_id, key, digest)
+        if stored is None:
+            status, payload = compute()
+            stored = idempotency.remember(
+                conn,
+                principal.client_id,
+                key,
+                digest,
+                idempotency.StoredAnswer(status, json.dumps(payload).encode()),
+            )
+            replayed = "false"
+        else:
+            replayed = "true"
     return Response(
         stored.body,
         status_code=stored.status_code,
