@@ -345,6 +345,10 @@ class Demo:
             self._dead_letter_desk(http)
             self._wait_final(len(month.events))
             self.outcome.final = self._tally()
+            self.outcome.dead_letters = self._dead_letters()
+            self.outcome.css_requests = int(
+                http.get(f"{self.control}/stats/css").json()["requests"]
+            )
             self._print_tally(self.outcome.final, "Deliveries after the re-drive")
             self._reconcile(http, month, 2)
             self._expect_closed(rejected_member)
@@ -471,9 +475,9 @@ class Demo:
     def _dead_letters(self) -> Counter[str]:
         with Session(self.engine) as s:
             rows = s.execute(
-                select(DeadLetterRow.source, DeadLetterRow.reason, func.count()).group_by(
-                    DeadLetterRow.source, DeadLetterRow.reason
-                )
+                select(DeadLetterRow.source, DeadLetterRow.reason, func.count())
+                .where(DeadLetterRow.replayed_at.is_(None), DeadLetterRow.discarded_at.is_(None))
+                .group_by(DeadLetterRow.source, DeadLetterRow.reason)
             )
             return Counter({f"{src}: {reason}": n for src, reason, n in rows})
 
@@ -490,11 +494,11 @@ class Demo:
                 f"{tally.of(inst, DeliveryState.DEAD):,}",
             )
         self.console.print(table)
-        if self.outcome.dead_letters:
-            letters = ", ".join(f"{k}: {v}" for k, v in self.outcome.dead_letters.items())
-            self.console.print(
-                f"dead letters: {letters}; CSS requests: {self.outcome.css_requests:,}"
-            )
+        letters = ", ".join(f"{k}: {v}" for k, v in self.outcome.dead_letters.items())
+        self.console.print(
+            f"open dead letters: {letters or 'none'}; "
+            f"requests CSS received so far: {self.outcome.css_requests:,}"
+        )
 
     def _reconcile(self, http: httpx.Client, month: Month, n: int) -> int:
         folder = self.work / "reconcile"
