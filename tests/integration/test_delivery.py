@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from adapters.base import Institution
-from router.db import make_engine
 from router.delivery import (
     ChannelUnavailable,
     Delivery,
@@ -28,7 +26,6 @@ from router.delivery import (
     Result,
     RetryPolicy,
 )
-from router.migrate import upgrade
 from router.processing import Processor, RawRecord
 from router.replay import replay
 from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, TrailRow
@@ -37,19 +34,6 @@ from tests.factories import contributions
 from tests.fakes.echo_adapter import echo_adapters
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        e = make_engine(f"sqlite:///{tmp_path}/jokko.db")
-        upgrade(e)
-        yield e
-        e.dispose()
-    else:
-        pg: Engine = request.getfixturevalue("pg_engine")
-        upgrade(pg)
-        yield pg
 
 
 def load(engine: Engine, members: int, per_member: int) -> None:

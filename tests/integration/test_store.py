@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -12,8 +10,6 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from router.db import make_engine
-from router.migrate import upgrade
 from router.processing import Outcome, Processor, RawRecord
 from router.routing import destinations
 from router.store import Base, DeadLetterRow, InboxRow, OutboxRow, Stage, TrailRow
@@ -25,19 +21,10 @@ from tests.fakes.echo_adapter import echo_adapters
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        e = make_engine(f"sqlite:///{tmp_path}/jokko.db")
-        try:
-            upgrade(e)
-            yield e
-        finally:
-            e.dispose()
-    else:
-        pg: Engine = request.getfixturevalue("pg_engine")
-        upgrade(pg)
-        yield pg
+@pytest.fixture
+def engine(store: Engine) -> Engine:
+    """Every test here runs on SQLite and on PostgreSQL (the ``store`` fixture)."""
+    return store
 
 
 def records(topic: str = "jokko.events.v1") -> list[RawRecord]:

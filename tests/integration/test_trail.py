@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
@@ -20,9 +19,7 @@ from sqlalchemy.orm import Session
 
 from adapters.base import Ack, AckStatus, Institution
 from router.acks import apply_acks
-from router.db import make_engine
 from router.delivery import Delivery, DeliveryWorker, Parcel, Result, RetryPolicy
-from router.migrate import upgrade
 from router.processing import Outcome, Processor, RawRecord
 from router.registry import outbound_adapters
 from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, TrailRow
@@ -34,19 +31,6 @@ pytestmark = pytest.mark.integration
 # Real time throughout (router, delivery and acks stamp the trail with it), so the back-off
 # is a few milliseconds.
 POLICY = RetryPolicy(max_attempts=3, initial_s=0.002, max_s=0.004, breaker_failures=100)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        e = make_engine(f"sqlite:///{tmp_path}/jokko.db")
-        upgrade(e)
-        yield e
-        e.dispose()
-    else:
-        pg: Engine = request.getfixturevalue("pg_engine")
-        upgrade(pg)
-        yield pg
 
 
 @dataclass

@@ -1,0 +1,29 @@
+"""Fixtures of the integration tier."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from router.db import make_engine
+from router.migrate import upgrade
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated store, once on the embedded SQLite and once on PostgreSQL: both are
+    supported, so every test using it runs on both."""
+    if request.param == "sqlite":
+        e = make_engine(f"sqlite:///{tmp_path}/jokko.db")
+        try:
+            upgrade(e)
+            yield e
+        finally:
+            e.dispose()
+    else:
+        pg: Engine = request.getfixturevalue("pg_engine")
+        upgrade(pg)
+        yield pg
