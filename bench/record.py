@@ -66,8 +66,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_record(bench: str, figures: list[dict[str, Any]], notes: str) -> Path:
-    """Write ``bench/results/<bench>.json``; ``notes`` is the paragraph RESULTS.md shows."""
+def write_record(
+    bench: str, figures: list[dict[str, Any]], notes: str, plots: list[str] | None = None
+) -> Path:
+    """Write ``bench/results/<bench>.json``; ``notes`` is the paragraph RESULTS.md shows,
+    ``plots`` names PNGs the benchmark wrote in bench/results/ for RESULTS.md to show."""
     versions = {"python": platform.python_version()}
     for pkg in KEY_PACKAGES:
         try:
@@ -82,6 +85,7 @@ def write_record(bench: str, figures: list[dict[str, Any]], notes: str) -> Path:
         "versions": versions,
         "figures": figures,
         "notes": notes,
+        **({"plots": plots} if plots else {}),
     }
     RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / f"{bench}.json"
@@ -131,6 +135,8 @@ def render_results() -> Path:
                 f"{_cell(f['met'])} |"
             )
         lines += ["", rec["notes"], ""]
+        for png in rec.get("plots", ()):
+            lines += [f"![{rec['bench']}: {png}](results/{png})", ""]
     out = BENCH_DIR / "RESULTS.md"
     out.write_text("\n".join(lines), encoding="utf-8")
     return out

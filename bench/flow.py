@@ -1,0 +1,446 @@
+"""End to end: API submit -> accepted ack from every institution an event goes to, on a real
+``jokko api`` + ``jokko router`` + ``jokko relay`` with the fake institutions (CMU and CSS over
+signed HTTP, IPRES through its file exchange), offered open loop at a fixed rate.
+
+Run: ``.venv/bin/python -m bench.flow [--rate 500] [--seconds 60] [--batch 10]``. It starts its
+own Kafka broker and PostgreSQL (``bench.router.infrastructure``), the fakes as their own
+process (``python -m tests.fakes``), and the three Jokko processes (``bench.router.Deployment``).
+Members' enrolments are submitted first, untimed; then ``--rate`` contribution events a second
+go to ``/v1/events/batch`` in requests of ``--batch`` events (``--batch 1``: single events to
+``/v1/events``), each request sent at its scheduled time whatever the answers so far. Per
+event the clock runs from that scheduled time to the ``acked_at`` of its last outbox row (the
+accepted ack; CMU and CSS answer synchronously, IPRES by ack file). Writes
+``bench/results/flow.json`` and ``bench/results/flow.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from bench.api import CLIENT, _exchange
+from bench.record import RESULTS_DIR, figure, write_record
+from bench.router import Deployment, Infra, infrastructure, log, percentile, workload
+from schemas import CanonicalEvent, dump_event
+from services.api.security import Authority, Scope
+from tests.infra import REPO, free_port
+
+TARGET_P99_MS = 250.0
+ANSWER_WITHIN_S = 30.0
+MAX_CONNECTIONS = 64
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@contextmanager
+def fake_institutions(directory: Path, logs: Path) -> Iterator[tuple[dict[str, Any], Any]]:
+    """``python -m tests.fakes`` in its own process, as the demo runs it: the institutions' CPU
+    is then not the bench client's, and their HTTP servers are real ones."""
+    secret = {i: secrets.token_urlsafe(32) for i in ("cmu", "css")}
+    env = {
+        **os.environ,
+        "JOKKO_FAKE_CMU_SECRET": secret["cmu"],
+        "JOKKO_FAKE_CSS_SECRET": secret["css"],
+    }
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / "fakes.log").open("ab") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fakes", "--dir", str(directory)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the fakes did not start: {(logs / 'fakes.log').read_text()}")
+        yield {**json.loads(line), "secrets": secret}, proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def partner_env(partners: dict[str, Any], port: int) -> dict[str, str]:
+    """The demo's partner settings (services/demo.py ``_environment``)."""
+    return {
+        "JOKKO_API_HOST": "127.0.0.1",
+        "JOKKO_API_PORT": str(port),
+        "JOKKO_CMU__MODE": "http",
+        "JOKKO_CMU__URL": partners["cmu"],
+        "JOKKO_CMU__SECRET": partners["secrets"]["cmu"],
+        "JOKKO_CSS__MODE": "http",
+        "JOKKO_CSS__URL": partners["css"],
+        "JOKKO_CSS__SECRET": partners["secrets"]["css"],
+        "JOKKO_IPRES__MODE": "file",
+        "JOKKO_IPRES__OUTBOX_DIR": partners["ipres"]["inbox"],
+        "JOKKO_IPRES__ACK_DIR": partners["ipres"]["acks"],
+    }
+
+
+def wait_ready(url: str, d: Deployment, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            d.fail("jokko api not ready")
+        time.sleep(0.2)
+
+
+def token(url: str, secret: str) -> str:
+    r = httpx.post(
+        f"{url}/v1/oauth/token", data={"grant_type": "client_credentials"}, auth=(CLIENT, secret)
+    )
+    r.raise_for_status()
+    value: str = r.json()["access_token"]
+    return value
+
+
+def acked(d: Deployment) -> int:
+    return d.scalar("SELECT count(*) FROM outbox WHERE acked_at IS NOT NULL")
+
+
+# --------------------------------------------------------------------------- open loop
+
+
+def requests_of(events: Sequence[CanonicalEvent], size: int, bearer: str) -> list[bytes]:
+    path = "/v1/events" if size == 1 else "/v1/events/batch"
+    out = []
+    for i in range(0, len(events), size):
+        dumped = [dump_event(e) for e in events[i : i + size]]
+        body = dumped[0] if size == 1 else b"[" + b",".join(dumped) + b"]"
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {bearer}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        out.append(head.encode() + body)
+    return out
+
+
+@dataclass
+class Offered:
+    scheduled: list[float]
+    """Per request, its scheduled send time (epoch seconds)."""
+    answered: list[float | None]
+    """Per request, when its answer was complete (None: cut at ``ANSWER_WITHIN_S``)."""
+    statuses: Counter[int]
+    lag_ms: list[float]
+
+
+async def _offer(port: int, requests: Sequence[bytes], per_s: float) -> Offered:
+    """Request i at t0 + i / per_s on an idle connection or a new one (at most
+    ``MAX_CONNECTIONS``), like ``bench.api``'s open loop, keeping each request's times."""
+    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    opened: list[asyncio.StreamWriter] = []
+    slots = MAX_CONNECTIONS
+    t0 = time.time() + 0.05
+    scheduled = [t0 + i / per_s for i in range(len(requests))]
+    answered: list[float | None] = [None] * len(requests)
+    statuses: Counter[int] = Counter()
+    lags: list[float] = []
+
+    async def exchange(i: int) -> None:
+        nonlocal slots
+        if idle.empty() and slots > 0:
+            slots -= 1
+            conn = await asyncio.open_connection("127.0.0.1", port)
+            opened.append(conn[1])
+        else:
+            conn = await idle.get()
+        lags.append((time.time() - scheduled[i]) * 1000)
+        try:
+            status = await _exchange(*conn, requests[i])
+        except asyncio.CancelledError:
+            conn[1].close()
+            slots += 1
+            raise
+        answered[i] = time.time()
+        statuses[status] += 1
+        idle.put_nowait(conn)
+
+    async def one(i: int) -> None:
+        try:
+            await asyncio.wait_for(exchange(i), ANSWER_WITHIN_S)
+        except TimeoutError:
+            statuses[0] += 1
+
+    tasks = []
+    for i in range(len(requests)):
+        delay = scheduled[i] - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    for w in opened:
+        w.close()
+    return Offered(scheduled, answered, statuses, lags)
+
+
+# --------------------------------------------------------------------------- per event
+
+
+@dataclass
+class Timeline:
+    """Milliseconds after each event's scheduled send, per stage (for every timed event)."""
+
+    submitted: list[float]
+    api_ms: list[float]
+    routed_ms: list[float]
+    sent_ms: list[float]
+    acked_ms: list[float]
+    per_institution: dict[str, list[float]]
+    acked_at: list[float]
+    """Epoch seconds of each event's last ack (the throughput series)."""
+    routed_at: list[float]
+
+
+def timeline(
+    d: Deployment, events: Sequence[CanonicalEvent], offered: Offered, size: int
+) -> Timeline:
+    sched = {str(e.event_id): offered.scheduled[i // size] for i, e in enumerate(events)}
+    answer = {str(e.event_id): offered.answered[i // size] for i, e in enumerate(events)}
+    with d.engine.connect() as conn:
+        routed = {
+            eid: at.timestamp()
+            for eid, at in conn.execute(text("SELECT event_id, received_at FROM inbox"))
+        }
+        rows = conn.execute(
+            text("SELECT event_id, institution, sent_at, acked_at FROM outbox")
+        ).all()
+    sent: dict[str, float] = {}
+    last: dict[str, float] = {}
+    inst: dict[str, list[float]] = {}
+    for eid, institution, sent_at, acked_at in rows:
+        if eid not in sched:
+            continue
+        sent[eid] = max(sent.get(eid, 0.0), sent_at.timestamp())
+        last[eid] = max(last.get(eid, 0.0), acked_at.timestamp())
+        inst.setdefault(institution, []).append((acked_at.timestamp() - sched[eid]) * 1000)
+    ids = list(sched)
+
+    def ms(at: dict[str, float]) -> list[float]:
+        return [(at[i] - sched[i]) * 1000 for i in ids]
+
+    return Timeline(
+        submitted=[sched[i] for i in ids],
+        api_ms=[((answer[i] or 0) - sched[i]) * 1000 for i in ids if answer[i]],
+        routed_ms=ms(routed),
+        sent_ms=ms(sent),
+        acked_ms=ms(last),
+        per_institution=inst,
+        acked_at=[last[i] for i in ids],
+        routed_at=[routed[i] for i in ids],
+    )
+
+
+def plot(t: Timeline, rate: float, out: Path) -> None:
+    """Latency over the run (per event, by scheduled second: p50, p99, max) and events a
+    second offered, routed and fully acknowledged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = min(t.submitted)
+    by_second: dict[int, list[float]] = {}
+    for s, lat in zip(t.submitted, t.acked_ms, strict=True):
+        by_second.setdefault(int(s - t0), []).append(lat)
+    secs = sorted(by_second)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    top.scatter(
+        [s - t0 for s in t.submitted], t.acked_ms, s=1, alpha=0.15, color="grey", label="event"
+    )
+    for q, style in ((0.5, "-"), (0.99, "--")):
+        top.plot(secs, [percentile(by_second[s], q) for s in secs], style, label=f"p{int(q * 100)}")
+    top.axhline(TARGET_P99_MS, color="red", linewidth=0.8, label="p99 target")
+    top.set_yscale("log")
+    top.set_ylabel("submit -> last accepted ack (ms)")
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(f"Jokko end to end, {rate:,.0f} events/s offered open loop")
+    end = int(max(t.acked_at) - t0) + 1
+    for series, label in (
+        (t.submitted, "offered"),
+        (t.routed_at, "routed (inbox)"),
+        (t.acked_at, "fully acknowledged"),
+    ):
+        per = Counter(int(x - t0) for x in series)
+        bottom.plot(range(end), [per.get(s, 0) for s in range(end)], label=label)
+    bottom.set_xlabel("seconds since the first scheduled send")
+    bottom.set_ylabel("events / s")
+    bottom.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def stats(values: Sequence[float]) -> str:
+    return (
+        f"p50 {percentile(values, 0.5):,.0f} ms, p99 {percentile(values, 0.99):,.0f} ms, "
+        f"max {max(values):,.0f} ms"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.flow", description=__doc__)
+    parser.add_argument("--rate", type=float, default=500.0, help="events offered a second")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--batch", type=int, default=10, help="events per request (1: single)")
+    parser.add_argument("--seed", type=int, default=20261203)
+    args = parser.parse_args(argv)
+    n = int(args.rate * args.seconds)
+    load = workload(n, seed=f"f{args.seed}")
+    enrolled: list[CanonicalEvent] = [e for e in load.events if e.event_type == "member.enrolled"]
+    paid: list[CanonicalEvent] = [e for e in load.events if e.event_type != "member.enrolled"]
+    with (
+        tempfile.TemporaryDirectory(prefix="jokko-bench-flow-") as tmp,
+        infrastructure(Path(tmp)) as infra,
+    ):
+        logs = Path(tmp) / "logs"
+        with fake_institutions(Path(tmp) / "partners", logs) as (partners, _):
+            code, notes, figures = run(infra, args, logs, partners, load.expected, enrolled, paid)
+    write_record("flow", figures, notes, plots=["flow.png"])
+    return code
+
+
+def run(
+    infra: Infra,
+    args: argparse.Namespace,
+    logs: Path,
+    partners: dict[str, Any],
+    expected: dict[str, int],
+    enrolled: list[CanonicalEvent],
+    paid: list[CanonicalEvent],
+) -> tuple[int, str, list[dict[str, Any]]]:
+    canonical = f"flow{uuid.uuid4().hex[:6]}.jokko.events.v1"
+    d = Deployment.create(infra, "flow", canonical, logs)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    d.env.update(partner_env(partners, port))
+    secret = Authority(d.engine).add_client(CLIENT, [Scope.EVENTS_SUBMIT.value])
+    warm_messages = sum(expected[str(e.event_id)] for e in enrolled)
+    total_messages = warm_messages + sum(expected[str(e.event_id)] for e in paid)
+    try:
+        for command in ("relay", "router", "api"):
+            d.start(command)
+        wait_ready(url, d)
+        bearer = token(url, secret)
+        warm = asyncio.run(_offer(port, requests_of(enrolled, 250, bearer), 20.0))
+        if set(warm.statuses) != {202}:
+            d.fail(f"enrolments refused: {dict(warm.statuses)}")
+        d.wait(lambda: acked(d) >= warm_messages, 300, "the enrolments acknowledged")
+        load_before = os.getloadavg()
+        log(
+            f"{len(enrolled):,} enrolments acknowledged; offering {len(paid):,} contributions at "
+            f"{args.rate:,.0f}/s in requests of {args.batch} (load {load_before[0]:.1f})"
+        )
+        started = time.time()
+        reqs = requests_of(paid, args.batch, bearer)
+        offered = asyncio.run(_offer(port, reqs, args.rate / args.batch))
+        offer_s = time.time() - started
+        load_end_offer = os.getloadavg()
+        log(f"offered in {offer_s:.1f} s, statuses {dict(offered.statuses)}")
+        d.wait(lambda: acked(d) >= total_messages, 900, "every message acknowledged")
+        drained_s = time.time() - started
+        states: dict[str, int] = dict(
+            d.engine.connect()
+            .execute(text("SELECT state, count(*) FROM outbox GROUP BY state"))
+            .all()
+        )
+        t = timeline(d, paid, offered, args.batch)
+    finally:
+        d.stop()
+    load_after = os.getloadavg()
+    png = RESULTS_DIR / "flow.png"
+    RESULTS_DIR.mkdir(exist_ok=True)
+    plot(t, args.rate, png)
+    p50, p99 = percentile(t.acked_ms, 0.5), percentile(t.acked_ms, 0.99)
+    all_ok = set(offered.statuses) == {202}
+    log(f"API answer      {stats(t.api_ms)}")
+    log(f"routed (inbox)  {stats(t.routed_ms)}")
+    log(f"handed over     {stats(t.sent_ms)}")
+    log(f"last ack        {stats(t.acked_ms)}")
+    for inst, v in sorted(t.per_institution.items()):
+        log(f"  {inst:<5} ack     {stats(v)}")
+    sustained = len(paid) / (max(t.acked_at) - min(t.submitted))
+    figures = [
+        figure("flow_offered_events_per_s", len(paid) / offer_s, "events/s"),
+        figure(
+            "flow_sustained_events_per_s",
+            sustained,
+            "events/s",
+            peer="offered",
+            peer_value=args.rate,
+        ),
+        figure("flow_latency_p50_ms", p50, "ms"),
+        figure(
+            "flow_latency_p99_ms",
+            p99,
+            "ms",
+            target=f"< {TARGET_P99_MS:.0f}",
+            met=p99 < TARGET_P99_MS and all_ok,
+        ),
+        figure("flow_latency_max_ms", max(t.acked_ms), "ms"),
+        figure("flow_api_answer_p99_ms", percentile(t.api_ms, 0.99), "ms"),
+        figure("flow_to_router_p99_ms", percentile(t.routed_ms, 0.99), "ms"),
+        figure("flow_to_handover_p99_ms", percentile(t.sent_ms, 0.99), "ms"),
+        *(
+            figure(f"flow_{inst}_ack_p99_ms", percentile(v, 0.99), "ms")
+            for inst, v in sorted(t.per_institution.items())
+        ),
+    ]
+    notes = (
+        f"Setup: `jokko api` (one uvicorn worker), `jokko router`, `jokko relay` as processes, "
+        f"the fake institutions in a process of their own (`python -m tests.fakes`: CMU and CSS "
+        f"over signed HTTP, IPRES by declaration and ack files), a single-node broker and "
+        f"PostgreSQL, all on this 2-core machine with the bench client (1-minute load average "
+        f"{load_before[0]:.1f} when the offer started, {load_end_offer[0]:.1f} when it ended, "
+        f"{load_after[0]:.1f} when every ack was in; another engineer's benchmark may have "
+        f"run meanwhile). {len(enrolled):,} enrolments submitted first and acknowledged, "
+        f"untimed; then {len(paid):,} `contribution.paid` events (each one message to CMU, CSS "
+        f"and IPRES) offered open loop at {args.rate:,.0f} events/s for {args.seconds:.0f} s "
+        f"as {len(reqs):,} POSTs of {args.batch} to "
+        f"`{'/v1/events' if args.batch == 1 else '/v1/events/batch'}` (one client on asyncio "
+        f"streams, at most {MAX_CONNECTIONS} connections; single-event POSTs top out near "
+        f"300 req/s on this API alone, see the api record, so 500/s needs batches), no "
+        f"Idempotency-Key; statuses {dict(offered.statuses)}, requests written at most "
+        f"{max(offered.lag_ms):,.0f} ms late. Latency per event from its request's scheduled "
+        f"send to the `acked_at` of its last outbox row (mean "
+        f"{statistics.mean(t.acked_ms):,.0f} ms); stages, each from the same scheduled send: "
+        f"the API's answer {stats(t.api_ms)}; in the inbox (routed) {stats(t.routed_ms)}; "
+        f"handed to the last institution {stats(t.sent_ms)}; per institution's ack "
+        + "; ".join(f"{i.upper()} {stats(v)}" for i, v in sorted(t.per_institution.items()))
+        + f". Every message acknowledged {drained_s:.0f} s after the first send (outbox "
+        f"states {states}); sustained {sustained:,.0f} events/s end to end."
+    )
+    return (0 if all_ok else 1), notes, figures
+
+
+if __name__ == "__main__":
+    sys.exit(main())
