@@ -47,6 +47,7 @@ bench: install infra
 	$(BIN)/python -m bench.adapters
 	$(BIN)/python -m bench.router
 	$(BIN)/python -m bench.api
+	$(BIN)/python -m bench.soak
 
 schema: install
 	$(BIN)/jokko schema export
