@@ -213,6 +213,7 @@ class Timeline:
     sent_ms: list[float]
     acked_ms: list[float]
     per_institution: dict[str, list[float]]
+    institution_acked_at: dict[str, list[float]]
     acked_at: list[float]
     """Epoch seconds of each event's last ack (the throughput series)."""
     routed_at: list[float]
@@ -234,12 +235,14 @@ def timeline(
     sent: dict[str, float] = {}
     last: dict[str, float] = {}
     inst: dict[str, list[float]] = {}
+    inst_at: dict[str, list[float]] = {}
     for eid, institution, sent_at, acked_at in rows:
         if eid not in sched:
             continue
         sent[eid] = max(sent.get(eid, 0.0), sent_at.timestamp())
         last[eid] = max(last.get(eid, 0.0), acked_at.timestamp())
         inst.setdefault(institution, []).append((acked_at.timestamp() - sched[eid]) * 1000)
+        inst_at.setdefault(institution, []).append(acked_at.timestamp())
     ids = list(sched)
 
     def ms(at: dict[str, float]) -> list[float]:
@@ -252,6 +255,7 @@ def timeline(
         sent_ms=ms(sent),
         acked_ms=ms(last),
         per_institution=inst,
+        institution_acked_at=inst_at,
         acked_at=[last[i] for i in ids],
         routed_at=[routed[i] for i in ids],
     )
@@ -388,7 +392,9 @@ def run(
     log(f"last ack        {stats(t.acked_ms)}")
     for inst, v in sorted(t.per_institution.items()):
         log(f"  {inst:<5} ack     {stats(v)}")
-    sustained = len(paid) / (max(t.acked_at) - min(t.submitted))
+    first = min(t.submitted)
+    sustained = len(paid) / (max(t.acked_at) - first)
+    acked_rate = {i: len(v) / (max(v) - first) for i, v in t.institution_acked_at.items()}
     figures = [
         figure("flow_offered_events_per_s", len(paid) / offer_s, "events/s"),
         figure(
@@ -414,7 +420,31 @@ def run(
             figure(f"flow_{inst}_ack_p99_ms", percentile(v, 0.99), "ms")
             for inst, v in sorted(t.per_institution.items())
         ),
+        *(
+            figure(
+                f"flow_{inst}_acked_per_s", v, "messages/s", peer="offered", peer_value=args.rate
+            )
+            for inst, v in sorted(acked_rate.items())
+        ),
     ]
+    stage_p99 = {
+        "the API's answer": percentile(t.api_ms, 0.99),
+        "routing (to the inbox)": percentile(t.routed_ms, 0.99),
+        "the outbox, up to the hand-over to the institution": percentile(t.sent_ms, 0.99),
+        "the institution's ack": percentile(t.acked_ms, 0.99),
+    }
+    names, values = list(stage_p99), list(stage_p99.values())
+    added = {names[i]: values[i] - (values[i - 1] if i else 0.0) for i in range(len(values))}
+    worst = max(added, key=lambda k: added[k])
+    bounds = (
+        "What bounds it. Where the queue builds, from the p99 of each stage counted from the "
+        "scheduled send: "
+        + ", ".join(f"{k} adds {v:,.0f} ms" for k, v in added.items())
+        + f", so the time goes to {worst}. Institutions acknowledged "
+        + ", ".join(f"{i.upper()} {v:,.0f}/s" for i, v in sorted(acked_rate.items()))
+        + f" of {args.rate:,.0f}/s offered. "
+        + BOUND_NOTES
+    )
     notes = (
         f"Setup: `jokko api` (one uvicorn worker), `jokko router`, `jokko relay` as processes, "
         f"the fake institutions in a process of their own (`python -m tests.fakes`: CMU and CSS "
@@ -437,9 +467,29 @@ def run(
         f"handed to the last institution {stats(t.sent_ms)}; per institution's ack "
         + "; ".join(f"{i.upper()} {stats(v)}" for i, v in sorted(t.per_institution.items()))
         + f". Every message acknowledged {drained_s:.0f} s after the first send (outbox "
-        f"states {states}); sustained {sustained:,.0f} events/s end to end."
+        f"states {states}); sustained {sustained:,.0f} events/s end to end.\n\n" + bounds
     )
     return (0 if all_ok else 1), notes, figures
+
+
+BOUND_NOTES = (
+    "Profiles (py-spy at 50 Hz for 25 s of each process during a 500/s run, 2026-12-03, "
+    "load average 5-15 from other engineers' runs): `jokko relay` spent 46% of its samples "
+    "in `HttpChannel._send`, one signed httpx POST per message from 8 member threads per "
+    "institution (24% waiting for the answer's headers), 22% applying IPRES ack files "
+    "(`AckFilePicker`, ORM) and ~20% in SQLAlchemy statements and commits; the fake "
+    "institutions, one Python process and so one GIL for CMU, CSS and IPRES together, spent "
+    "68% handling requests (FastAPI/uvicorn, CSS's XSD validation 19%, CMU's FHIR model "
+    "validation 15%); `jokko router` used ~0.7 of a core (planning the batch 45%: "
+    "`parse_event` 23%, translation 18%) and `jokko api` kept every request answered. So "
+    "the bound is the per-message HTTP push to CMU and CSS and the fakes answering them on "
+    "the same two cores, not routing or ingest; IPRES, one file per batch, keeps up. What "
+    "would move it: batching HTTP deliveries (a FHIR transaction Bundle for CMU, a batch "
+    "endpoint for CSS) instead of one round trip per message; more push concurrency "
+    "(`JOKKO_CMU__CONCURRENCY`, `JOKKO_CSS__CONCURRENCY`) where the institution has the "
+    "headroom; real institutions on their own machines instead of sharing these two cores; "
+    "several relays on the shared store (`SKIP LOCKED` claims)."
+)
 
 
 if __name__ == "__main__":
