@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from functools import cache
+import threading
 from importlib.resources import files
 
 from lxml import etree
@@ -22,24 +22,34 @@ def qname(local: str) -> str:
     return NS_PREFIX + local
 
 
-@cache
+_per_thread = threading.local()
+"""lxml parsers and schema validators must not be used by two threads at once (eight push
+threads validating CSS answers through one shared XMLSchema crashed the relay): each thread
+compiles its own, on first use, never at import."""
+
+
 def schema() -> etree.XMLSchema:
-    """The v1 XSD, read from package data and compiled on first use (never at import)."""
-    raw = files(__package__).joinpath(XSD_RESOURCE).read_bytes()
-    return etree.XMLSchema(etree.fromstring(raw, parser=safe_parser()))
+    """The v1 XSD, read from package data and compiled once per thread."""
+    compiled: etree.XMLSchema | None = getattr(_per_thread, "schema", None)
+    if compiled is None:
+        raw = files(__package__).joinpath(XSD_RESOURCE).read_bytes()
+        compiled = _per_thread.schema = etree.XMLSchema(etree.fromstring(raw, parser=safe_parser()))
+    return compiled
 
 
-@cache
 def safe_parser() -> etree.XMLParser:
     """No entity expansion, no DTD loading, no network: an XXE or a billion laughs goes nowhere."""
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_comments=False,
-    )
+    parser: etree.XMLParser | None = getattr(_per_thread, "parser", None)
+    if parser is None:
+        parser = _per_thread.parser = etree.XMLParser(
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
+            dtd_validation=False,
+            huge_tree=False,
+            remove_comments=False,
+        )
+    return parser
 
 
 def parse(raw: bytes, *, what: str) -> tuple[etree._Element | None, list[FieldError]]:
