@@ -292,7 +292,11 @@ def plot(t: Timeline, rate: float, out: Path) -> None:
         (t.acked_at, "fully acknowledged"),
     ):
         per = Counter(int(x - t0) for x in series)
-        bottom.plot(range(end), [per.get(s, 0) for s in range(end)], label=label)
+        counts = [per.get(s, 0) for s in range(end)]
+        (line,) = bottom.plot(range(end), counts, linewidth=0.6, alpha=0.4)
+        # acks land a claimed batch at a time: the 10 s mean shows the rate under the spikes
+        mean = [sum(counts[max(0, s - 9) : s + 1]) / min(10, s + 1) for s in range(end)]
+        bottom.plot(range(end), mean, color=line.get_color(), label=f"{label} (10 s mean)")
     bottom.set_xlabel("seconds since the first scheduled send")
     bottom.set_ylabel("events / s")
     bottom.legend(loc="upper right", fontsize=8)
