@@ -1,5 +1,5 @@
 """Router + relay on a real broker and PostgreSQL: throughput next to a raw Kafka passthrough,
-latency at a fixed offered rate, 1 vs 2 router processes, and a run under repeated SIGKILL.
+latency at a fixed offered rate, 1, 2 and 3 router processes, and a run under repeated SIGKILL.
 
 Run: ``.venv/bin/python -m bench.router [--events 20000]``. It starts its own Kafka broker and
 PostgreSQL cluster (``tests/infra.py``), publishes ``--events`` contribution events (each one
@@ -484,6 +484,36 @@ class Deployment:
         raise RuntimeError(f"{self.name}: {why}; logs: {tails}")
 
 
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU of one process so far (/proc), to tell a CPU bound from waiting;
+    with ``children``, also its live children's and what its reaped children used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                child = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # exited meanwhile
+                continue
+            if int(child[1]) == pid:
+                ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def infra_cpu(infra: Infra) -> dict[str, float]:
+    """CPU seconds so far of the broker (JVM) and PostgreSQL (postmaster and backends)."""
+    broker = int((infra.broker.directory / "kafka.pid").read_text().split()[0])
+    postmaster = int((infra.pg.directory / "data" / "postmaster.pid").read_text().split()[0])
+    return {"broker": cpu_seconds(broker), "postgres": cpu_seconds(postmaster, children=True)}
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot (/proc/stat; idle and iowait not busy)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values) - values[3] - values[4], sum(values)
+
+
 @dataclass
 class Run:
     events: int
@@ -493,6 +523,9 @@ class Run:
     """When the router had every event in the inbox (the relay finishes at ``seconds``)."""
     messages: int
     published_when_routed: int
+    cores: dict[str, float] = field(default_factory=dict)
+    """Cores each kind of Jokko process used over the run (router processes summed), and
+    ``machine``: the share of all cores busy, whoever used them (broker, PostgreSQL, others)."""
 
     @property
     def relay_alone(self) -> float:
@@ -521,11 +554,22 @@ def throughput(
             d.start("router", str(i + 1))
         d.wait(lambda: d.inbox() > 0, 120, "the first event")
         start, at_start = time.perf_counter(), d.inbox()
+        cpu0 = {k: cpu_seconds(p.pid) for k, p in d.procs.items()}
+        infra0 = infra_cpu(infra)
+        busy0, total0 = machine_jiffies()
         d.wait(lambda: d.inbox() >= len(load.events), 900, "every event in the inbox")
         routed = time.perf_counter() - start
         published_when_routed = d.published()
         d.wait(d.delivered(len(load.events)), 900, "every message published")
         seconds = time.perf_counter() - start
+        cores: dict[str, float] = {}
+        for k, p in d.procs.items():
+            kind = k.split("-")[0]
+            cores[kind] = cores.get(kind, 0.0) + (cpu_seconds(p.pid) - cpu0[k]) / seconds
+        for k, v in infra_cpu(infra).items():
+            cores[k] = (v - infra0[k]) / seconds
+        busy1, total1 = machine_jiffies()
+        cores["machine"] = (busy1 - busy0) / (total1 - total0)
         assert d.inbox() == len(load.events), (d.inbox(), len(load.events))
         assert d.published() == load.messages, (d.published(), load.messages)
         return Run(
@@ -535,6 +579,7 @@ def throughput(
             routed,
             load.messages,
             published_when_routed,
+            cores,
         )
     finally:
         d.stop()
@@ -733,6 +778,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"in {two.seconds:.1f} s, all routed after {two.routed_s:.1f} s; "
             f"start-up {two.startup_s:.1f} s)"
         )
+        three = throughput(infra, "three", canonical, load, logs, routers=3)
+        log(
+            f"router + relay (3 routers)    {three.rate:>8,.0f} events/s ({three.events:,} "
+            f"events in {three.seconds:.1f} s, all routed after {three.routed_s:.1f} s; "
+            f"start-up {three.startup_s:.1f} s)"
+        )
+        for run in (one, two, three):
+            log(f"  cores used: {', '.join(f'{k} {v:.2f}' for k, v in run.cores.items())}")
         ratio = one.rate / peer
         relay_rate = load.messages * one.events / len(load.events) / one.seconds
         figures += [
@@ -766,6 +819,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 peer="1 router process",
                 peer_value=one.rate,
             ),
+            figure(
+                "router_3_processes_events_per_s",
+                three.rate,
+                "events/s",
+                peer="1 router process",
+                peer_value=one.rate,
+            ),
             figure("router_only_events_per_s", one.events / one.routed_s, "events/s"),
             figure(
                 "router_only_2_processes_events_per_s",
@@ -773,6 +833,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "events/s",
                 peer="1 router process",
                 peer_value=one.events / one.routed_s,
+            ),
+            figure(
+                "router_only_3_processes_events_per_s",
+                three.events / three.routed_s,
+                "events/s",
+                peer="1 router process",
+                peer_value=one.events / one.routed_s,
+            ),
+            figure(
+                "machine_cores_busy_3_routers",
+                three.cores["machine"] * (os.cpu_count() or 1),
+                "cores",
+                peer="cores",
+                peer_value=os.cpu_count() or 1,
             ),
             figure("relay_messages_per_s", relay_rate, "messages/s"),
             figure("relay_messages_per_s_router_idle", one.relay_alone, "messages/s"),
@@ -850,7 +924,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     routing = one.events / one.routed_s
     relaying = one.relay_alone / per_event
     slower = "relay" if relaying < routing else "router"
+    scale = "; ".join(
+        f"{n} router{'s' if n > 1 else ''}: {r.rate:,.0f} events/s end to end, routing phase "
+        f"{r.events / r.routed_s:,.0f} events/s, cores used: "
+        + ", ".join(
+            f"{k} {v * (os.cpu_count() or 1):.2f}" if k == "machine" else f"{k} {v:.2f}"
+            for k, v in r.cores.items()
+        )
+        for n, r in ((1, one), (2, two), (3, three))
+    )
     bounds = (
+        f"Scale-out (one consumer group, {PARTITIONS} partitions, the same backlog, the relay "
+        f"throughout; `machine` is every busy core whoever used it): {scale}. "
         f"What bounds it. The router alone: {split.describe()}. In the 1-router run it routed "
         f"the backlog at {routing:,.0f} events/s while sharing the two cores with the relay, "
         f"the broker and PostgreSQL; the relay finished {one.seconds - one.routed_s:.1f} s "
@@ -890,8 +975,8 @@ PROFILE_NOTES = (
     "index on pending rows would stay small) would cut the router's store time; on the "
     "router's CPU side only cheaper translation (CMU, CSS) and validation (phone numbers) "
     "are left. Router processes scale with partitions, but on two cores shared with the "
-    "broker, PostgreSQL and the relay a second router only shortens the routing phase (1 vs "
-    "2 routers above); and kafka-python's per-record cost caps a 1 -> 3 fan-out near half "
+    "broker, PostgreSQL and the relay more routers only shorten the routing phase (1, 2 "
+    "and 3 routers above); and kafka-python's per-record cost caps a 1 -> 3 fan-out near half "
     "the passthrough rate, below the 0.4 target once any work is added."
 )
 
