@@ -47,7 +47,7 @@ bench: install infra
 	$(BIN)/python -m bench.adapters
 	$(BIN)/python -m bench.router
 	$(BIN)/python -m bench.api
-	$(BIN)/python -m bench.soak
+	$(BIN)/python -m bench.soak --events 8000
 
 schema: install
 	$(BIN)/jokko schema export
