@@ -42,12 +42,16 @@ demo: install
 	scripts/demo.sh $(ARGS)
 
 # Benchmarks write bench/results/<bench>.json and regenerate bench/RESULTS.md.
-# bench.router starts its own Kafka broker and PostgreSQL (about 5 minutes on 2 cores).
+# Each of router, api and flow starts its own Kafka broker and PostgreSQL. The whole target
+# fits in 20 minutes on 2 cores (README: Benchmarks); reconciliation's full 1M-member figure
+# is a separate run: `.venv/bin/python -m bench.reconcile --members 1000000` (~7 minutes).
 bench: install infra
 	$(BIN)/python -m bench.adapters
-	$(BIN)/python -m bench.router
+	$(BIN)/python -m bench.router --events 10000
 	$(BIN)/python -m bench.api
 	$(BIN)/python -m bench.soak --events 8000
+	$(BIN)/python -m bench.flow
+	$(BIN)/python -m bench.reconcile --members 100000
 
 schema: install
 	$(BIN)/jokko schema export
