@@ -309,21 +309,8 @@ def test_jokko_api_command_serves_and_stops_on_sigterm(
     jokko_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = jokko_settings(api_port=free_port())
-    env = {**os.environ, **settings_env(settings)}
-    with (tmp_path / "api.log").open("wb") as log:
-        proc = subprocess.Popen([JOKKO, "api"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{settings.api_port}"
+    proc, url = start_jokko_api(settings, tmp_path / "api.log")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, (tmp_path / "api.log").read_text()
-            assert time.monotonic() < deadline, "the API did not become ready"
-            time.sleep(0.2)
         assert httpx.get(f"{url}/v1/deliveries").status_code == 401
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -332,6 +319,26 @@ def test_jokko_api_command_serves_and_stops_on_sigterm(
     # uvicorn shuts down cleanly, then re-raises the signal it caught (exit status -15)
     assert code in (0, -signal.SIGTERM), log_text
     assert "Application shutdown complete" in log_text
+
+
+def start_jokko_api(settings: Settings, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``jokko api`` as a process with these settings, once its /readyz answers 200."""
+    env = {**os.environ, **settings_env(settings)}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([JOKKO, "api"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{settings.api_port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"the API did not become ready: {log_path.read_text()}")
+        time.sleep(0.2)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import signal
-import subprocess
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -31,7 +28,6 @@ from services.settings import Settings
 from tests.factories import contributions, enrolments
 from tests.infra import free_port
 from tests.integration.test_api import (
-    JOKKO,
     PROBLEM,
     Api,
     api,
@@ -39,6 +35,7 @@ from tests.integration.test_api import (
     on_topic,
     route,
     settings_env,
+    start_jokko_api,
 )
 
 pytestmark = pytest.mark.integration
@@ -376,23 +373,9 @@ def test_jokko_api_serves_with_the_configured_rate_limit(
     jokko_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = jokko_settings(api_port=free_port(), api_rate_per_s=0.01, api_rate_burst=3)
-    env = {**os.environ, **settings_env(settings)}
-    assert env["JOKKO_API_RATE_BURST"] == "3"
-    log_path = tmp_path / "api.log"
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen([JOKKO, "api"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{settings.api_port}"
+    assert settings_env(settings)["JOKKO_API_RATE_BURST"] == "3"
+    proc, url = start_jokko_api(settings, tmp_path / "api.log")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "the API did not become ready"
-            time.sleep(0.2)
         form = {"grant_type": "client_credentials"}
         answers = [
             httpx.post(f"{url}/v1/oauth/token", data=form, auth=("msnas-x", "wrong"))
