@@ -45,11 +45,11 @@ from schemas.errors import JokkoError
 from services.api.security import Authority, Scope
 from services.bootstrap import bootstrap
 from services.demo_data import Month, generate_month, previous_period
+from services.reconcile import INSTITUTIONS
+from services.reconcile_runs import EXTRACT_NAMES
 from services.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
-INSTITUTIONS = ("cmu", "css", "ipres")
-EXTRACT_NAMES = {"cmu": "cmu.ndjson", "css": "css.csv", "ipres": "ipres.txt"}
 FINAL = (DeliveryState.ACCEPTED, DeliveryState.REJECTED, DeliveryState.DEAD)
 BATCH = 250
 CSS_ERROR_RATE = 0.3

@@ -76,12 +76,7 @@ def control_app(fakes: dict[str, HttpFake]) -> FastAPI:
 
     @app.get("/extract/{institution}", response_class=PlainTextResponse)
     def extract(institution: str) -> str:
-        f = fake(institution)
-        make = getattr(f, "extract", None)
-        if make is None:
-            raise HTTPException(501, f"{institution} cannot produce an extract")
-        text: str = make()
-        return text
+        return fake(institution).extract()
 
     return app
 

@@ -155,6 +155,10 @@ class HttpFake:
     def unauthorized(self, error: SignatureRejected) -> Answer:
         raise NotImplementedError
 
+    def extract(self) -> str:
+        """The institution's reconciliation extract of what it accepted, in its own format."""
+        raise NotImplementedError
+
     def lose_answer(self, message_id: str) -> bool:
         """Whether the answer to this processed message is lost on the way back (an
         institution's own fault knob; the base never loses one)."""
