@@ -81,7 +81,7 @@ def fake_institutions(directory: Path, logs: Path) -> Iterator[tuple[dict[str, A
         proc.wait(30)
 
 
-def partner_env(partners: dict[str, Any], port: int) -> dict[str, str]:
+def partner_env(partners: dict[str, Any], port: int, push_batch: int = 1) -> dict[str, str]:
     """The demo's partner settings (services/demo.py ``_environment``)."""
     return {
         "JOKKO_API_HOST": "127.0.0.1",
@@ -92,6 +92,8 @@ def partner_env(partners: dict[str, Any], port: int) -> dict[str, str]:
         "JOKKO_CSS__MODE": "http",
         "JOKKO_CSS__URL": partners["css"],
         "JOKKO_CSS__SECRET": partners["secrets"]["css"],
+        "JOKKO_CMU__BATCH_SIZE": str(push_batch),
+        "JOKKO_CSS__BATCH_SIZE": str(push_batch),
         "JOKKO_IPRES__MODE": "file",
         "JOKKO_IPRES__OUTBOX_DIR": partners["ipres"]["inbox"],
         "JOKKO_IPRES__ACK_DIR": partners["ipres"]["acks"],
@@ -320,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=500.0, help="events offered a second")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--batch", type=int, default=10, help="events per request (1: single)")
+    parser.add_argument(
+        "--push-batch", type=int, default=50, help="messages per HTTP push to CMU and CSS"
+    )
     parser.add_argument("--seed", type=int, default=20261203)
     args = parser.parse_args(argv)
     n = int(args.rate * args.seconds)
@@ -350,7 +355,7 @@ def run(
     d = Deployment.create(infra, "flow", canonical, logs)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    d.env.update(partner_env(partners, port))
+    d.env.update(partner_env(partners, port, args.push_batch))
     secret = Authority(d.engine).add_client(CLIENT, [Scope.EVENTS_SUBMIT.value])
     warm_messages = sum(expected[str(e.event_id)] for e in enrolled)
     total_messages = warm_messages + sum(expected[str(e.event_id)] for e in paid)
@@ -452,7 +457,8 @@ def run(
     notes = (
         f"Setup: `jokko api` (one uvicorn worker), `jokko router`, `jokko relay` as processes, "
         f"the fake institutions in a process of their own (`python -m tests.fakes`: CMU and CSS "
-        f"over signed HTTP, IPRES by declaration and ack files), a single-node broker and "
+        f"over signed HTTP, {args.push_batch} messages a request in their batch envelopes "
+        f"(`JOKKO_CMU__BATCH_SIZE`, `JOKKO_CSS__BATCH_SIZE`), IPRES by declaration and ack files), a single-node broker and "
         f"PostgreSQL, all on this 2-core machine with the bench client (1-minute load average "
         f"{load_before[0]:.1f} when the offer started, {load_end_offer[0]:.1f} when it ended, "
         f"{load_after[0]:.1f} when every ack was in; another engineer's benchmark may have "

@@ -54,6 +54,8 @@ MAX_ATTEMPTS = 60
 """0.3^60: no CSS message should run out of tries by chance alone, even over 10^5 of them."""
 CONCURRENCY = int(os.environ.get("SOAK_CONCURRENCY", "32"))
 """Requests in flight per HTTP institution: CSS's 503s each hold a slot for a back-off."""
+PUSH_BATCH = int(os.environ.get("SOAK_PUSH_BATCH", "50"))
+"""Messages per HTTP request to CMU and CSS (their batch envelopes); a 503 fails them all."""
 FINAL = ("accepted", "rejected", "dead")
 SIZE_FULL = "This is the issue's 100,000-event run."
 SIZE_SMALL = "Smaller than the issue's 100,000 events."
@@ -90,6 +92,8 @@ def fakes(stack: ExitStack, directory: Path, seed: int) -> Fakes:
         "JOKKO_CSS__TIMEOUT_S": "5",
         "JOKKO_CMU__CONCURRENCY": str(CONCURRENCY),
         "JOKKO_CSS__CONCURRENCY": str(CONCURRENCY),
+        "JOKKO_CMU__BATCH_SIZE": str(PUSH_BATCH),
+        "JOKKO_CSS__BATCH_SIZE": str(PUSH_BATCH),
         "JOKKO_IPRES__MODE": "file",
         "JOKKO_IPRES__OUTBOX_DIR": str(ipres.inbox),
         "JOKKO_IPRES__ACK_DIR": str(ipres.acks),
@@ -410,7 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"progress and restarted, the broker restarted once (halfway through the kills), CSS "
         f"answering {CSS_ERROR_RATE:.0%} of requests 503 throughout ({css_503:,} of {css_all:,} "
         f"answers), delivery_max_attempts {MAX_ATTEMPTS}. CMU and CSS are reached over signed "
-        f"HTTP (fakes served by uvicorn threads in the bench process), IPRES by declaration and "
+        f"HTTP, up to {PUSH_BATCH} messages a request in their batch envelopes (a 503 fails "
+        f"every message of its request; {CONCURRENCY} requests in flight) (fakes served by uvicorn threads in the bench process), IPRES by declaration and "
         f"ack files. Wall time from the relay's start to the last message final. "
         f"{SIZE_FULL if full else SIZE_SMALL} "
         f"Load average (1/5/15 min) {load_before[0]:.1f}/{load_before[1]:.1f}/"

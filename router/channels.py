@@ -35,6 +35,8 @@ from router.delivery import ChannelUnavailable, Delivery, Parcel, Result
 from router.signing import sign
 
 ParseAck = Callable[[bytes], list[Ack]]
+EncodeBatch = Callable[[str, Sequence[tuple[str, bytes]]], bytes]
+"""An adapter's ``encode_batch(batch_id, [(message_id, body), ...])``: its batch envelope."""
 _REPLAY_WINDOW_S = 600
 """Longer than any partner's tolerance (``router.signing.Verifier``: 300 s by default)."""
 _PRUNE_AT = 10_000
@@ -61,6 +63,12 @@ class HttpChannel:
     An answer the adapter reads as an ack is final (accepted or rejected, whatever the HTTP
     status); 5xx, 401, timeouts, dropped connections and unreadable answers are transient.
     Members are sent concurrently (``concurrency``), each member's messages one after another.
+
+    With ``batch_size`` > 1 and the adapter's ``encode_batch``, messages of different members
+    share a request (the institution's batch envelope, answered by one ack naming each): a
+    member has at most one message in a request, and its next one goes in a later request
+    only once the earlier one is answered, so a member's order holds as with single pushes.
+    A request holding a single message is sent as the plain message.
     """
 
     name = "http"
@@ -76,7 +84,13 @@ class HttpChannel:
         concurrency: int = 8,
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.time,
+        batch_size: int = 1,
+        encode_batch: EncodeBatch | None = None,
     ) -> None:
+        if batch_size > 1 and encode_batch is None:
+            raise ValueError(f"{institution} has no batch envelope: batch_size must be 1")
+        self._batch_size = batch_size
+        self._encode_batch = encode_batch
         self._institution = institution
         self._parse_ack = adapter.parse_ack
         self._url = url
@@ -98,9 +112,54 @@ class HttpChannel:
         for p in parcels:
             by_member.setdefault(p.member_id, []).append(p)
         results: dict[str, Delivery] = {}
-        for member_results in self._pool.map(self._send_member, by_member.values()):
-            results.update(member_results)
+        if self._batch_size > 1:
+            self._deliver_in_rounds(list(by_member.values()), results)
+        else:
+            for member_results in self._pool.map(self._send_member, by_member.values()):
+                results.update(member_results)
         return [results[p.message_id] for p in parcels]
+
+    def _deliver_in_rounds(self, members: list[list[Parcel]], results: dict[str, Delivery]) -> None:
+        """Round k sends every member's k-th message, ``batch_size`` to a request; a member
+        whose message failed sends nothing more in this batch."""
+        queues = [iter(m) for m in members]
+        while queues:
+            heads = [(q, next(q, None)) for q in queues]
+            live = [(q, p) for q, p in heads if p is not None]
+            if not live:
+                return
+            round_ = [p for _, p in live]
+            chunks = [
+                round_[i : i + self._batch_size] for i in range(0, len(round_), self._batch_size)
+            ]
+            for chunk_results in self._pool.map(self._send_chunk, chunks):
+                results.update(chunk_results)
+            queues = []
+            for q, p in live:
+                if results[p.message_id].result != Result.FAILED:
+                    queues.append(q)
+                    continue
+                for rest in q:
+                    results[rest.message_id] = Delivery(
+                        rest.message_id, Result.FAILED, reason_text="an earlier message failed"
+                    )
+
+    def _send_chunk(self, chunk: list[Parcel]) -> dict[str, Delivery]:
+        if len(chunk) == 1:
+            return {chunk[0].message_id: self._send(chunk[0])}
+        assert self._encode_batch is not None  # checked in __init__
+        batch_id = str(uuid.uuid4())  # never re-used: a fresh id needs no timestamp bookkeeping
+        body = self._encode_batch(batch_id, [(p.message_id, p.body) for p in chunk])
+        answer = self._post(batch_id, body, chunk[0].content_type, int(self._clock()))
+        if isinstance(answer, str):
+            return {
+                p.message_id: Delivery(p.message_id, Result.FAILED, reason_text=answer)
+                for p in chunk
+            }
+        by_message: dict[str, list[Ack]] = {}
+        for a in answer:
+            by_message.setdefault(a.message_id, []).append(a)
+        return {p.message_id: self._decided(p, by_message.get(p.message_id, [])) for p in chunk}
 
     def _send_member(self, parcels: list[Parcel]) -> dict[str, Delivery]:
         out: dict[str, Delivery] = {}
@@ -131,26 +190,33 @@ class HttpChannel:
                 self._prune_at = max(_PRUNE_AT, 2 * len(self._last_ts))
             return ts
 
-    def _send(self, p: Parcel) -> Delivery:
-        headers = sign(self._secret, p.message_id, p.body, timestamp=self._timestamp(p.message_id))
-        headers["content-type"] = p.content_type
+    def _post(
+        self, signed_id: str, body: bytes, content_type: str, timestamp: int
+    ) -> list[Ack] | str:
+        """The answer's acks, or why the request failed (transient, whatever it
+        held). ``signed_id`` is the message's id, or a batch's."""
+        headers = sign(self._secret, signed_id, body, timestamp=timestamp)
+        headers["content-type"] = content_type
         try:
             with self._lock:
                 self.requests += 1
-            response = self._client.post(self._url, content=p.body, headers=headers)
+            response = self._client.post(self._url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            return Delivery(p.message_id, Result.FAILED, reason_text=f"{type(exc).__name__}")
+            return f"{type(exc).__name__}"
         if response.status_code >= 500 or response.status_code in (401, 403, 408, 429):
-            return Delivery(p.message_id, Result.FAILED, reason_text=f"HTTP {response.status_code}")
+            return f"HTTP {response.status_code}"
         try:
-            parsed = self._parse_ack(response.content)  # pure adapters; CSS keeps lxml per thread
-            acks = [a for a in parsed if a.message_id == p.message_id]
+            return self._parse_ack(response.content)  # pure adapters; CSS keeps lxml per thread
         except MalformedAck as exc:
-            return Delivery(
-                p.message_id,
-                Result.FAILED,
-                reason_text=f"HTTP {response.status_code}, unreadable answer: {exc}",
-            )
+            return f"HTTP {response.status_code}, unreadable answer: {exc}"
+
+    def _send(self, p: Parcel) -> Delivery:
+        answer = self._post(p.message_id, p.body, p.content_type, self._timestamp(p.message_id))
+        if isinstance(answer, str):
+            return Delivery(p.message_id, Result.FAILED, reason_text=answer)
+        return self._decided(p, [a for a in answer if a.message_id == p.message_id])
+
+    def _decided(self, p: Parcel, acks: list[Ack]) -> Delivery:
         if not acks:
             return Delivery(
                 p.message_id, Result.FAILED, reason_text="the answer does not name this message"

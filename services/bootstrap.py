@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from adapters.base import Institution, OutboundAdapter
 from router.acks import AckConsumer, AckFilePicker
 from router.broker import ensure_topics, group_consumer, idempotent_producer, wait_until_ready
-from router.channels import FileChannel, HttpChannel
+from router.channels import EncodeBatch, FileChannel, HttpChannel
 from router.db import make_engine
 from router.delivery import Channel, RetryPolicy
 from router.migrate import upgrade
@@ -28,7 +28,7 @@ from router.registry import outbound_adapters
 from router.relay import AckIntake, Relay
 from router.topics import Topics
 from router.worker import RouterWorker
-from services.settings import DeliveryMode, PartnerSettings, Settings
+from services.settings import DeliveryMode, InvalidSettings, PartnerSettings, Settings
 
 
 @dataclass
@@ -73,6 +73,11 @@ class Jokko:
             p = self.partner(inst)
             if p.mode == DeliveryMode.HTTP:
                 url, secret = p.http_target()
+                encode_batch: EncodeBatch | None = getattr(
+                    self.adapters[inst], "encode_batch", None
+                )
+                if p.batch_size > 1 and encode_batch is None:
+                    raise InvalidSettings(f"{inst} has no batch envelope: batch_size must be 1")
                 chosen[inst] = HttpChannel(
                     inst,
                     self.adapters[inst],
@@ -80,6 +85,8 @@ class Jokko:
                     secret,
                     timeout_s=p.timeout_s,
                     concurrency=p.concurrency,
+                    batch_size=p.batch_size,
+                    encode_batch=encode_batch,
                 )
             elif p.mode == DeliveryMode.FILE:
                 chosen[inst] = FileChannel(p.file_dirs()[0], institution=inst)

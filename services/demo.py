@@ -56,6 +56,8 @@ CSS_ERROR_RATE = 0.3
 MAX_ATTEMPTS = 2
 """Small on purpose: with CSS failing 30% of requests about a tenth of its messages use up
 their two tries and go dead, which the first reconciliation then finds missing."""
+PUSH_BATCH = 50
+"""Messages per HTTP push to CMU and CSS (their batch envelopes, FORMAT.md)."""
 
 
 class DemoFailed(JokkoError):
@@ -230,10 +232,12 @@ class Demo:
             "JOKKO_CMU__MODE": "http",
             "JOKKO_CMU__URL": partners["cmu"],
             "JOKKO_CMU__SECRET": self.partner_secrets["cmu"],
+            "JOKKO_CMU__BATCH_SIZE": str(PUSH_BATCH),
             "JOKKO_CSS__MODE": "http",
             "JOKKO_CSS__URL": partners["css"],
             "JOKKO_CSS__SECRET": self.partner_secrets["css"],
             "JOKKO_CSS__TIMEOUT_S": "5",
+            "JOKKO_CSS__BATCH_SIZE": str(PUSH_BATCH),
             "JOKKO_IPRES__MODE": "file",
             "JOKKO_IPRES__OUTBOX_DIR": partners["ipres"]["inbox"],
             "JOKKO_IPRES__ACK_DIR": partners["ipres"]["acks"],

@@ -72,6 +72,9 @@ class PartnerSettings(BaseModel):
     """Shared HMAC key for signing pushes (Standard Webhooks), at least 32 bytes."""
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Messages per HTTP request, in the institution's batch envelope (CMU and CSS FORMAT.md);
+    1 sends each message on its own, for a partner that does not read batches."""
     outbox_dir: Path | None = None
     ack_dir: Path | None = None
 

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from adapters.base import Institution
 from adapters.cmu.acks import parse_ack
+from adapters.cmu.batch import encode_batch, split_batch
 from adapters.cmu.mapping import FORMAT_VERSION, translate
 from adapters.cmu.validation import validate
 
 INSTITUTION = Institution.CMU
 
-__all__ = ["FORMAT_VERSION", "INSTITUTION", "parse_ack", "translate", "validate"]
+__all__ = [
+    "FORMAT_VERSION",
+    "INSTITUTION",
+    "encode_batch",
+    "parse_ack",
+    "split_batch",
+    "translate",
+    "validate",
+]

@@ -32,6 +32,9 @@ MUTUAL: Final = "https://msnas.sn/fhir/mutual-code"
 """Organisations by code: the mutual (``MSNAS``) and ``CMU`` itself."""
 MESSAGE_ID: Final = "https://jokko.sn/fhir/message-id"
 """Jokko's message id: ``Bundle.identifier`` of every message and of its transaction-response."""
+BATCH_ID: Final = "https://jokko.sn/fhir/batch-id"
+"""Jokko's batch id: ``Bundle.identifier`` of a batch of messages (the id its request is signed
+with); never a message id, so an ack cannot be mistaken for one."""
 
 # --- code systems ------------------------------------------------------------------------------
 ICD10: Final = "http://hl7.org/fhir/sid/icd-10"

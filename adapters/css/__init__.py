@@ -11,7 +11,17 @@ from adapters.base import Institution
 from adapters.css._check import parse_ack, validate
 from adapters.css._translate import translate
 from adapters.css._wire import FORMAT_VERSION, NAMESPACE
+from adapters.css.batch import encode_batch, split_batch
 
 INSTITUTION = Institution.CSS
 
-__all__ = ["FORMAT_VERSION", "INSTITUTION", "NAMESPACE", "parse_ack", "translate", "validate"]
+__all__ = [
+    "FORMAT_VERSION",
+    "INSTITUTION",
+    "NAMESPACE",
+    "encode_batch",
+    "parse_ack",
+    "split_batch",
+    "translate",
+    "validate",
+]

@@ -7,7 +7,7 @@ says how its institution writes acknowledgements (``build_ack``) and what broken
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import ClassVar
 
@@ -171,3 +171,35 @@ class OutboundAdapterContract:
         assert messages
         for m in messages:
             self.adapter.validate(m)
+
+
+class BatchEnvelopeContract:
+    """For the adapters whose institution takes pushes in batches (CMU, CSS): the envelope
+    carries every message unchanged, in order, and the institution's side reads it back."""
+
+    adapter: ClassVar[ModuleType]
+    translate_all: Callable[[], list[OutboundMessage]]
+
+    def validate_envelope(self, raw: bytes) -> None:
+        """The whole envelope against the institution's schema (FHIR R4B, the XSD)."""
+        raise NotImplementedError
+
+    def test_a_batch_carries_every_message_unchanged_and_in_order(self) -> None:
+        messages = self.translate_all()
+        assert len(messages) > 1
+        batch_id = "0b6f7c2e-5d4a-4f3b-9c1d-2e8a7b6c5d4e"
+        raw = self.adapter.encode_batch(batch_id, [(m.message_id, m.body) for m in messages])
+        self.validate_envelope(raw)
+        split = self.adapter.split_batch(raw)
+        assert split is not None
+        got_id, parts = split
+        assert got_id == batch_id
+        assert [mid for mid, _ in parts] == [m.message_id for m in messages]
+        for (_, body), m in zip(parts, messages, strict=True):
+            # what the institution reads is the message Jokko validated, byte for byte
+            assert body == m.body, m.message_id
+            self.adapter.validate(m)
+
+    def test_a_single_message_is_not_a_batch(self) -> None:
+        for m in self.translate_all()[:5]:
+            assert self.adapter.split_batch(m.body) is None

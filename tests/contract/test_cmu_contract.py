@@ -11,7 +11,7 @@ import pytest
 import adapters.cmu
 from adapters.base import OutboundMessage
 from adapters.cmu import systems as s
-from tests.contract.suite import OutboundAdapterContract, Rejections
+from tests.contract.suite import BatchEnvelopeContract, OutboundAdapterContract, Rejections
 
 pytestmark = pytest.mark.contract
 
@@ -58,8 +58,13 @@ def batch(resources: list[Json]) -> bytes:
     return json.dumps(doc, ensure_ascii=False).encode()
 
 
-class TestCmuContract(OutboundAdapterContract):
+class TestCmuContract(OutboundAdapterContract, BatchEnvelopeContract):
     adapter: ClassVar[ModuleType] = adapters.cmu
+
+    def validate_envelope(self, raw: bytes) -> None:
+        from fhir.resources.R4B.bundle import Bundle
+
+        Bundle.model_validate_json(raw)
 
     def build_ack(self, messages: list[OutboundMessage], rejected: Rejections) -> bytes:
         answers = []

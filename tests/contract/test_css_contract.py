@@ -14,7 +14,7 @@ import pytest
 
 import adapters.css
 from adapters.base import OutboundMessage
-from tests.contract.suite import OutboundAdapterContract, Rejections
+from tests.contract.suite import BatchEnvelopeContract, OutboundAdapterContract, Rejections
 
 pytestmark = pytest.mark.contract
 
@@ -106,8 +106,13 @@ MALFORMED_ACKS: dict[str, bytes] = {
 }
 
 
-class TestCssContract(OutboundAdapterContract):
+class TestCssContract(OutboundAdapterContract, BatchEnvelopeContract):
     adapter: ClassVar = adapters.css
+
+    def validate_envelope(self, raw: bytes) -> None:
+        from tests.fakes.css import css_schema  # the independent validator (xmlschema)
+
+        css_schema().validate(raw)
 
     def build_ack(self, messages: list[OutboundMessage], rejected: Rejections) -> bytes:
         return css_ack(messages, rejected)

@@ -12,6 +12,10 @@ is lost but the message counts.
 A message id that was accepted once is accepted again with the same answer (institutions apply
 a re-sent message once: FHIR conditional creates, CSS and IPRES by message id); a rejected one
 is judged afresh, so a test can fix a member and see the re-send go through.
+
+A batch envelope (the adapter's ``split_batch``: several messages in one request, signed with
+the batch's id) is processed message by message, as if each had come alone, and answered by
+one document naming each (``combine``); the faults apply to the request as a whole.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from adapters.base import AckStatus, Institution
+from adapters.base import AckStatus, Institution, InvalidMessage
 from router.signing import SignatureRejected, Verifier
 from tests.fakes.faults import Fate, Faults
 from tests.fakes.server import dropped
@@ -159,6 +163,15 @@ class HttpFake:
         """The institution's reconciliation extract of what it accepted, in its own format."""
         raise NotImplementedError
 
+    def split(self, body: bytes) -> tuple[str, list[tuple[str, bytes]]] | None:
+        """``(batch_id, [(message_id, body), ...])`` of a batch envelope, None for a single
+        message (the institution's adapter module's ``split_batch``)."""
+        return None
+
+    def combine(self, answers: list[Answer]) -> Answer:
+        """One answer to a batch from the answers to each of its messages."""
+        raise NotImplementedError
+
     def lose_answer(self, message_id: str) -> bool:
         """Whether the answer to this processed message is lost on the way back (an
         institution's own fault knob; the base never loses one)."""
@@ -192,8 +205,22 @@ class HttpFake:
             message_id = self.verifier.verify(request.headers, body)
         except SignatureRejected as exc:
             return self._counted(self.unauthorized(exc))
-        answer = self._process(message_id, body, request.headers.get("content-type", ""))
-        if fate is Fate.DROP or self.lose_answer(message_id):
+        content_type = request.headers.get("content-type", "")
+        try:
+            batch = self.split(body)
+        except InvalidMessage as exc:
+            return self._counted(Answer(400, "text/plain", f"malformed batch: {exc}".encode()))
+        if batch is None:
+            answer = self._process(message_id, body, content_type)
+            lost = self.lose_answer(message_id)
+        else:
+            batch_id, parts = batch
+            if batch_id != message_id:
+                return self._counted(Answer(400, "text/plain", b"batch id is not the signed id"))
+            answers = [self._process(m, doc, content_type) for m, doc in parts]
+            answer = self.combine(answers)
+            lost = any([self.lose_answer(m) for m, _ in parts])  # each one counted
+        if fate is Fate.DROP or lost:
             return self._counted(None)
         return self._counted(answer)
 

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from adapters.base import AckStatus, Institution
 from adapters.cmu import systems as s
+from adapters.cmu.batch import split_batch
 from router.signing import SignatureRejected
 from schemas.payloads import ClaimOutcome
 from tests.fakes.base import Answer, HttpFake, ReceivedMessage
@@ -192,6 +193,26 @@ class FakeCMU(HttpFake):
                 return False
             self._decided[message_id] += 1
             return self._decided[message_id] <= self.decisions_lost
+
+    def split(self, body: bytes) -> tuple[str, list[tuple[str, bytes]]] | None:
+        return split_batch(body)
+
+    def combine(self, answers: list[Answer]) -> Answer:
+        """A batch-response listing every message's answer resources, in order."""
+        entries: list[Json] = []
+        for a in answers:
+            doc = json.loads(a.body)
+            if doc.get("type") == "batch-response":
+                entries.extend(doc["entry"])
+            else:
+                entries.append({"resource": doc})
+        batch: Json = {
+            "resourceType": "Bundle",
+            "id": f"cmu-batch-{self.recorder.next_seq()}",
+            "type": "batch-response",
+            "entry": entries,
+        }
+        return _fhir(batch, 200)
 
     def unauthorized(self, error: SignatureRejected) -> Answer:
         text = f"signature refused: {error.reason}"

@@ -23,7 +23,7 @@ import xmlschema
 from lxml import etree
 
 from adapters.base import AckStatus, Institution
-from adapters.css import NAMESPACE
+from adapters.css import NAMESPACE, split_batch
 from router.signing import SignatureRejected
 from tests.fakes.base import Answer, HttpFake, ReceivedMessage
 
@@ -83,6 +83,20 @@ def acknowledgement(
 class FakeCSS(HttpFake):
     institution = Institution.CSS
     path = "/css/v1/documents"
+
+    def split(self, body: bytes) -> tuple[str, list[tuple[str, bytes]]] | None:
+        return split_batch(body)
+
+    def combine(self, answers: list[Answer]) -> Answer:
+        """One Acknowledgement holding every document's Receipt."""
+        ns = "{" + NAMESPACE + "}"
+        issued = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        root = etree.Element(
+            ns + "Acknowledgement", nsmap={None: NAMESPACE}, formatVersion="1", issuedAt=issued
+        )
+        for a in answers:
+            root.extend(etree.fromstring(a.body, parser=_PARSER).iter(ns + "Receipt"))
+        return Answer(200, XML, etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
 
     def unauthorized(self, error: SignatureRejected) -> Answer:
         return Answer(401, "text/plain", f"signature refused: {error.reason}".encode())

@@ -81,8 +81,9 @@ def claims_with_their_members() -> list[CanonicalEvent]:
     ]
 
 
+@pytest.mark.parametrize("batch_size", [1, 10], ids=["one-per-request", "batched"])
 def test_cmu_decision_in_the_http_answer_comes_back_once_on_the_canonical_topic(
-    start: Callable[..., Run], partners: Partners
+    start: Callable[..., Run], partners: Partners, batch_size: int
 ) -> None:
     cmu = partners.cmu
     cmu.adjudicate_claims = ClaimOutcome.PARTIALLY_APPROVED
@@ -91,8 +92,11 @@ def test_cmu_decision_in_the_http_answer_comes_back_once_on_the_canonical_topic(
     events = claims_with_their_members()
     claims = {e.event_id: e for e in events if e.event_type == "claim.submitted"}
     assert len(claims) == 3
-    run = start(events)
+    cmu_settings = {**partners.settings["cmu"], "batch_size": batch_size}  # type: ignore[dict-item]
+    run = start(events, cmu=cmu_settings)
     run.wait(lambda: run.unfinished(Institution.CMU) == 0, 60, "CMU's answers")
+    if batch_size > 1:  # the claims went together, their decisions in one batch-response
+        assert cmu.requests.total < len(rows_of(run, Institution.CMU))
 
     cmu_rows = rows_of(run, Institution.CMU)
     assert all(r.state == DeliveryState.ACCEPTED for r in cmu_rows)
