@@ -14,7 +14,7 @@ import logging
 import shutil
 import threading
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,19 +22,18 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Table, insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from adapters.base import Ack, AckStatus, Institution, MalformedAck, OutboundAdapter
+from router.bulk import TRAIL, TRAIL_COLUMNS, copy_rows, update_rows
 from router.canonical import publish_events
 from router.store import (
     AckAnomalyRow,
     DeliveryState,
     MemberProfileRow,
     OutboxRow,
-    Stage,
-    TrailRow,
     utcnow,
 )
 from schemas import ClaimAdjudicated
@@ -44,6 +43,9 @@ from schemas.payloads import ClaimAdjudicatedPayload
 from schemas.types import Region
 
 log = logging.getLogger(__name__)
+
+OUTBOX: Table = OutboxRow.__table__  # type: ignore[assignment]
+ANOMALY: Table = AckAnomalyRow.__table__  # type: ignore[assignment]
 
 _FINAL = {AckStatus.ACCEPTED: DeliveryState.ACCEPTED, AckStatus.REJECTED: DeliveryState.REJECTED}
 
@@ -153,59 +155,72 @@ def apply_acks(
         }
 
         regions = _regions(session, (r.member_id for r in rows.values()))
+        # State and reason as this batch leaves them: a later ack of the same message in the
+        # batch is a duplicate or a conflict of the one applied before it. The loaded rows
+        # are only read; the writes below are set-based (``router.bulk``).
+        current = {m: (r.state, r.reason_code) for m, r in rows.items()}
+        updates: dict[str, list[dict[str, object]]] = defaultdict(list)
+        trail: list[tuple[object, ...]] = []
+        anomalies: list[dict[str, object]] = []
 
         def anomaly(ack: Ack, kind: str, detail: str) -> None:
             report.anomalies[kind] += 1
-            session.add(
-                AckAnomalyRow(
-                    institution=institution.value,
-                    message_id=ack.message_id,
-                    kind=kind,
-                    status=ack.status.value,
-                    reason_code=ack.reason_code,
-                    detail=detail,
-                    channel=channel,
-                    received_at=now,
-                )
+            anomalies.append(
+                {
+                    "institution": institution.value,
+                    "message_id": ack.message_id,
+                    "kind": kind,
+                    "status": ack.status.value,
+                    "reason_code": ack.reason_code,
+                    "detail": detail,
+                    "channel": channel,
+                    "received_at": now,
+                }
             )
 
         for ack in acks:
             row = rows.get(ack.message_id)
-            target = _FINAL[ack.status]
+            target = _FINAL[ack.status].value
             if row is None:
                 anomaly(ack, "unknown_message", "no message with this id was sent")
                 continue
-            if row.state == target and row.reason_code == ack.reason_code:
+            state, reason_code = current[row.message_id]
+            if state == target and reason_code == ack.reason_code:
                 report.duplicates += 1
                 continue
-            if row.state in (DeliveryState.ACCEPTED, DeliveryState.REJECTED):
-                anomaly(ack, "conflicting_ack", f"already {row.state}; the first answer stands")
+            if state in (DeliveryState.ACCEPTED, DeliveryState.REJECTED):
+                anomaly(ack, "conflicting_ack", f"already {state}; the first answer stands")
                 continue
-            if row.state in (DeliveryState.PENDING, DeliveryState.DEAD):
+            if state in (DeliveryState.PENDING, DeliveryState.DEAD):
                 # The institution has it although Jokko gave up on it, or before the
                 # relay recorded sending it (killed in between): the ack is the truth.
-                anomaly(ack, f"ack_while_{row.state}", "applied")
+                anomaly(ack, f"ack_while_{state}", "applied")
             if ack.adjudication is not None:
                 report.adjudications.append(
                     _adjudication_event(ack.adjudication, row, regions.get(row.member_id), now)
                 )
-            row.state = target
-            row.acked_at = now
-            row.next_attempt_at = None
-            row.reason_code = ack.reason_code
-            row.reason_text = ack.reason_text
-            row.institution_ref = ack.institution_ref
-            session.add(
-                TrailRow(
-                    event_id=row.event_id,
-                    stage=Stage(target.value),
-                    institution=row.institution,
-                    message_id=row.message_id,
-                    detail=ack.reason_code,
-                    at=now,
-                )
+            current[row.message_id] = (target, ack.reason_code)
+            updates[target].append(
+                {
+                    "id": row.id,
+                    "state": target,
+                    "acked_at": now,
+                    "next_attempt_at": None,
+                    "reason_code": ack.reason_code,
+                    "reason_text": ack.reason_text,
+                    "institution_ref": ack.institution_ref,
+                }
+            )
+            trail.append(
+                (row.event_id, target, row.institution, row.message_id, ack.reason_code, now)
             )
             report.applied += 1
+        conn = session.connection()
+        for group in updates.values():
+            update_rows(conn, OUTBOX, group)
+        copy_rows(conn, TRAIL.name, TRAIL_COLUMNS, trail)
+        if anomalies:
+            conn.execute(insert(ANOMALY), anomalies)
     return report
 
 

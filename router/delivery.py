@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,19 +27,23 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import pybreaker
-from sqlalchemy import Engine, insert, or_, select, update
+from sqlalchemy import Engine, Table, insert, or_, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from adapters.base import Institution
 from router.acks import DecisionsUnpublished, adjudication_events
-from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, TrailRow, utcnow
+from router.bulk import TRAIL, TRAIL_COLUMNS, copy_rows, update_rows
+from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, utcnow
 from schemas import ClaimAdjudicated
 from schemas.errors import JokkoError
 from schemas.payloads import ClaimAdjudicatedPayload
 
 log = logging.getLogger(__name__)
+
+OUTBOX: Table = OutboxRow.__table__  # type: ignore[assignment]
+DEAD: Table = DeadLetterRow.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,13 @@ class Result(StrEnum):
     """Transient: try again later."""
     UNDELIVERABLE = "undeliverable"
     """Permanent: the institution will never take it as it is (dead letter at once)."""
+
+
+_STAGES = {
+    Result.SENT: Stage.PUBLISHED,
+    Result.ACCEPTED: Stage.ACCEPTED,
+    Result.REJECTED: Stage.REJECTED,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,14 +287,21 @@ class DeliveryWorker:
     def _record(
         self, session: Session, rows: Sequence[OutboxRow], reports: Sequence[Delivery]
     ) -> int:
-        """Write what happened. The common outcomes (sent, accepted, rejected) go as one
-        executemany UPDATE by primary key and one bulk INSERT of trail rows; failures and
-        dead letters, rare, go through the ORM."""
+        """Write what happened, in the claim's transaction, as a few set-based statements:
+        one UPDATE per target state (the rows' own values, by primary key), one insert of
+        the dead letters, one COPY (PostgreSQL) or executemany (SQLite) of the trail rows.
+
+        The claimed ``OutboxRow`` objects are read, never changed, so the ORM has nothing to
+        flush at commit (that flush was a third of the relay's CPU). Each row gets the values
+        the ORM path gave it, and the failures' trail rows still come before the delivered
+        ones' (the API reads a trail in id order)."""
         now = self._clock()
         by_id = {d.message_id: d for d in reports}
         decided: list[tuple[OutboxRow, ClaimAdjudicatedPayload]] = []
-        final: list[dict[str, Any]] = []
-        trail: list[dict[str, Any]] = []
+        updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        dead: list[dict[str, Any]] = []
+        failed_trail: list[tuple[Any, ...]] = []
+        trail: list[tuple[Any, ...]] = []
         blocked: set[str] = set()  # members whose earlier row failed in this batch
         for row in rows:
             d = by_id.get(row.message_id) or Delivery(
@@ -293,18 +312,47 @@ class DeliveryWorker:
                 # the failed earlier row is re-sent and carries its own sequence number.
                 log.warning("message %s delivered after an earlier failure", row.message_id)
             if d.result in (Result.FAILED, Result.UNDELIVERABLE):
-                row.attempts += 1
-                row.batch_ref = d.batch_ref or row.batch_ref
+                attempts = row.attempts + 1
+                batch_ref = d.batch_ref or row.batch_ref
                 if d.result == Result.FAILED:
                     blocked.add(row.member_id)
-                    self._retry_or_bury(session, row, d, now)
+                    if attempts < self._policy.max_attempts:
+                        updates["retry"].append(
+                            {
+                                "id": row.id,
+                                "attempts": attempts,
+                                "batch_ref": batch_ref,
+                                "last_error": d.reason_text,
+                                "next_attempt_at": now
+                                + timedelta(seconds=self._policy.delay(attempts)),
+                            }
+                        )
+                        failed_trail.append(_trail_row(row, Stage.RETRYING, now, d.reason_text))
+                        continue
+                    reason, last_error = "retries_exhausted", d.reason_text
                 else:
-                    self._bury(session, row, d.reason_code or "undeliverable", d, now)
+                    reason, last_error = d.reason_code or "undeliverable", row.last_error
+                updates["dead"].append(
+                    {
+                        "id": row.id,
+                        "attempts": attempts,
+                        "batch_ref": batch_ref,
+                        "last_error": last_error,
+                        "state": DeliveryState.DEAD.value,
+                        "next_attempt_at": None,
+                        "reason_code": d.reason_code,
+                        "reason_text": d.reason_text,
+                    }
+                )
+                dead.append(self._dead_letter(row, reason, d, attempts, now))
+                failed_trail.append(
+                    _trail_row(row, Stage.DEAD, now, f"{reason}: {d.reason_text or ''}")
+                )
                 continue
             acked = d.result in (Result.ACCEPTED, Result.REJECTED)
             if acked and d.adjudication is not None:
                 decided.append((row, d.adjudication))
-            final.append(
+            updates[d.result.value].append(
                 {
                     "id": row.id,
                     "state": d.result.value,
@@ -319,19 +367,31 @@ class DeliveryWorker:
                     "institution_ref": d.institution_ref if acked else row.institution_ref,
                 }
             )
-            stage = {
-                Result.SENT: Stage.PUBLISHED,
-                Result.ACCEPTED: Stage.ACCEPTED,
-                Result.REJECTED: Stage.REJECTED,
-            }[d.result]
-            trail.append(_trail_values(row, stage, now, d.reason_code))
-        if final:
-            session.execute(update(OutboxRow), final)
-        if trail:
-            session.execute(insert(TrailRow), trail)
+            trail.append(_trail_row(row, _STAGES[d.result], now, d.reason_code))
+        conn = session.connection()
+        for group in updates.values():
+            update_rows(conn, OUTBOX, group)
+        if dead:
+            conn.execute(insert(DEAD), dead)
+        copy_rows(conn, TRAIL.name, TRAIL_COLUMNS, failed_trail + trail)
         self._publish_decisions(session, decided, now)
-        self.delivered += len(final)
-        return len(final)
+        self.delivered += len(trail)
+        return len(trail)
+
+    def _dead_letter(
+        self, row: OutboxRow, reason: str, d: Delivery, attempts: int, now: datetime
+    ) -> dict[str, Any]:
+        return {
+            "source": f"delivery:{self._channel.name}",
+            "reason": reason,
+            "detail": d.reason_text or reason,
+            "event_id": row.event_id,
+            "message_id": row.message_id,
+            "institution": row.institution,
+            "original": row.body,
+            "attempts": attempts,
+            "created_at": now,
+        }
 
     def _publish_decisions(
         self,
@@ -349,36 +409,6 @@ class DeliveryWorker:
             )
             return
         self._decisions(adjudication_events(session, decided, now))
-
-    def _retry_or_bury(self, session: Session, row: OutboxRow, d: Delivery, now: datetime) -> None:
-        row.last_error = d.reason_text
-        if row.attempts >= self._policy.max_attempts:
-            self._bury(session, row, "retries_exhausted", d, now)
-            return
-        row.next_attempt_at = now + timedelta(seconds=self._policy.delay(row.attempts))
-        session.add(_trail(row, Stage.RETRYING, now, d.reason_text))
-
-    def _bury(
-        self, session: Session, row: OutboxRow, reason: str, d: Delivery, now: datetime
-    ) -> None:
-        row.state = DeliveryState.DEAD
-        row.next_attempt_at = None
-        row.reason_code = d.reason_code
-        row.reason_text = d.reason_text
-        session.add(
-            DeadLetterRow(
-                source=f"delivery:{self._channel.name}",
-                reason=reason,
-                detail=d.reason_text or reason,
-                event_id=row.event_id,
-                message_id=row.message_id,
-                institution=row.institution,
-                original=row.body,
-                attempts=row.attempts,
-                created_at=now,
-            )
-        )
-        session.add(_trail(row, Stage.DEAD, now, f"{reason}: {d.reason_text or ''}"))
 
     def run(self, stop: threading.Event, idle_s: float = 0.05) -> None:
         """Deliver until ``stop``; database trouble is waited out, never fatal."""
@@ -412,23 +442,6 @@ class _BatchFailed(Exception):
         self.reports = reports
 
 
-def _trail_values(row: OutboxRow, stage: Stage, at: datetime, detail: str | None) -> dict[str, Any]:
-    return {
-        "event_id": row.event_id,
-        "stage": stage.value,
-        "institution": row.institution,
-        "message_id": row.message_id,
-        "detail": detail,
-        "at": at,
-    }
-
-
-def _trail(row: OutboxRow, stage: Stage, at: datetime, detail: str | None) -> TrailRow:
-    return TrailRow(
-        event_id=row.event_id,
-        stage=stage,
-        institution=row.institution,
-        message_id=row.message_id,
-        detail=detail,
-        at=at,
-    )
+def _trail_row(row: OutboxRow, stage: Stage, at: datetime, detail: str | None) -> tuple[Any, ...]:
+    """A trail row in ``TRAIL_COLUMNS`` order."""
+    return (row.event_id, stage.value, row.institution, row.message_id, detail, at)

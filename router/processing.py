@@ -25,7 +25,6 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
-    insert,
     select,
     text,
     update,
@@ -40,16 +39,15 @@ from adapters.base import (
     OutboundAdapter,
     profile_after,
 )
+from router.bulk import TRAIL, TRAIL_COLUMNS, Columns, copy_rows
 from router.routing import MemberUnknown, destinations
 from router.store import (
-    Base,
     DeadLetterRow,
     DeliveryState,
     InboxRow,
     MemberProfileRow,
     OutboxRow,
     Stage,
-    TrailRow,
     utcnow,
 )
 from schemas import Branch, CanonicalEvent, InvalidEvent, MemberEnrolled, MemberUpdated, parse_event
@@ -58,13 +56,10 @@ from schemas.types import Package, Region
 
 INBOX: Table = InboxRow.__table__  # type: ignore[assignment]
 OUTBOX: Table = OutboxRow.__table__  # type: ignore[assignment]
-TRAIL: Table = TrailRow.__table__  # type: ignore[assignment]
 PROFILE: Table = MemberProfileRow.__table__  # type: ignore[assignment]
 DEAD: Table = DeadLetterRow.__table__  # type: ignore[assignment]
 
-Columns = tuple[tuple[str, str], ...]
-# Column, PostgreSQL type: COPY … (FORMAT BINARY) sends each value in the server's own
-# representation (bytea bodies raw, not hex-escaped), and must name the types to do so.
+# Column, PostgreSQL type, for COPY (``router.bulk.Columns``).
 OUTBOX_COLUMNS: Columns = (
     ("message_id", "varchar"),
     ("event_id", "varchar"),
@@ -78,14 +73,6 @@ OUTBOX_COLUMNS: Columns = (
     ("state", "varchar"),
     ("attempts", "int4"),
     ("created_at", "timestamptz"),
-)
-TRAIL_COLUMNS: Columns = (
-    ("event_id", "varchar"),
-    ("stage", "varchar"),
-    ("institution", "varchar"),
-    ("message_id", "varchar"),
-    ("detail", "text"),
-    ("at", "timestamptz"),
 )
 INBOX_COLUMNS: Columns = (
     ("event_id", "varchar"),
@@ -243,8 +230,8 @@ class Processor:
                     outcomes[i] = Outcome.ROUTED
                 if plan.changed:
                     conn.execute(self._profile_stmt, plan.profile_rows())
-                self._copy(conn, OUTBOX.name, OUTBOX_COLUMNS, plan.outbox)
-                self._copy(conn, TRAIL.name, TRAIL_COLUMNS, plan.trail)
+                copy_rows(conn, OUTBOX.name, OUTBOX_COLUMNS, plan.outbox)
+                copy_rows(conn, TRAIL.name, TRAIL_COLUMNS, plan.trail)
             if dead:
                 conn.execute(self._dead_stmt, dead)
         return outcomes
@@ -265,33 +252,8 @@ class Processor:
             params = [dict(zip(names, r, strict=True)) for r in rows]
             return set(conn.execute(self._claim_stmt, params).scalars())
         conn.exec_driver_sql(_PG_STAGE)  # every time: a rolled-back batch may have made it
-        self._copy(conn, _STAGE, INBOX_COLUMNS, rows)
+        copy_rows(conn, _STAGE, INBOX_COLUMNS, rows)
         return {eid for (eid,) in conn.exec_driver_sql(_PG_CLAIM)}
-
-    def _copy(
-        self, conn: Connection, table: str, columns: Columns, rows: list[tuple[Any, ...]]
-    ) -> None:
-        """Append rows: PostgreSQL's binary COPY (one stream, no statement per row), else
-        executemany."""
-        if not rows:
-            return
-        names = [c for c, _ in columns]
-        if not self._postgres:
-            conn.execute(
-                insert(Base.metadata.tables[table]),
-                [dict(zip(names, r, strict=True)) for r in rows],
-            )
-            return
-        quote = conn.dialect.identifier_preparer.quote
-        sql = (
-            f"COPY {quote(table)} ({', '.join(quote(c) for c in names)}) FROM STDIN (FORMAT BINARY)"
-        )
-        dbapi = conn.connection.driver_connection
-        assert dbapi is not None
-        with dbapi.cursor() as cur, cur.copy(sql) as copy:
-            copy.set_types([t for _, t in columns])
-            for row in rows:
-                copy.write_row(row)
 
 
 class _Known:
