@@ -291,6 +291,13 @@ def reconcile(
         int,
         typer.Option(min=1, help="Processes sharing the comparison (by member id range)."),
     ] = 1,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="duckdb (columnar, 2 threads; a file it cannot read exactly goes to python) "
+            "or python (sort-merge in --workers processes). Same discrepancies either way."
+        ),
+    ] = "duckdb",
 ) -> None:
     """Compare the mutual's ledger with the institutions' extracts; keep the run and report."""
     from datetime import UTC, datetime
@@ -300,8 +307,11 @@ def reconcile(
     from services.reconcile import Scope, parse_period
     from services.reconcile_cli import reconcile_command, resolve_sources
     from services.reconcile_runs import reconcile_dir
+    from services.reconcile_shards import ENGINES
 
     try:
+        if engine not in ENGINES:
+            raise ValueError(f"--engine must be one of {', '.join(ENGINES)}")
         scope = Scope(*parse_period(period, datetime.now(UTC).date())) if period else Scope()
         ledger, extracts = resolve_sources(
             folder or reconcile_dir(),
@@ -312,11 +322,11 @@ def reconcile(
     except ValueError as exc:
         Console(stderr=True).print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    engine = bootstrap(load_settings(), kafka=False).engine
+    db = bootstrap(load_settings(), kafka=False).engine
     columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("reconciling", total=ledger.stat().st_size)
         reconcile_command(
-            engine, _actor(), ledger, extracts, out, redrive, lambda n: bar.advance(task, n), scope,
-            workers,
+            db, _actor(), ledger, extracts, out, redrive, lambda n: bar.advance(task, n), scope,
+            workers, engine,
         )  # fmt: skip

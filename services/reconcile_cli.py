@@ -18,6 +18,7 @@ from router.store import ReconciliationRunRow
 from services.reconcile import EVERY_MONTH, INSTITUTIONS, Scope
 from services.reconcile_report import to_csv, to_html, to_json
 from services.reconcile_runs import EXTRACT_NAMES, LEDGER_NAME, items, redrive, run_files
+from services.reconcile_shards import DEFAULT_ENGINE
 
 
 class SourceError(ValueError):
@@ -90,11 +91,13 @@ def reconcile_command(
     progress: Callable[[int], object],
     scope: Scope = EVERY_MONTH,
     workers: int = 1,
+    reconcile_engine: str = DEFAULT_ENGINE,
 ) -> int:
     """``out`` may hold ``{run}`` and ``{period}``, so scheduled runs keep a folder each."""
     run_id = run_files(
-        engine, actor, ledger, extracts, progress=progress, scope=scope, workers=workers
-    )
+        engine, actor, ledger, extracts, progress=progress, scope=scope, workers=workers,
+        reconcile_engine=reconcile_engine,
+    )  # fmt: skip
     if out is not None:
         out = Path(str(out).replace("{run}", str(run_id)).replace("{period}", period_label(scope)))
     console = Console()

@@ -43,7 +43,7 @@ from services.reconcile import (
     Scope,
     Totals,
 )
-from services.reconcile_shards import reconcile_files
+from services.reconcile_shards import DEFAULT_ENGINE, reconcile_files
 
 _BATCH = 5_000
 LEDGER_NAME = "ledger.csv"
@@ -135,9 +135,11 @@ def execute_run(
     chunk: int = 500_000,
     progress: Callable[[int], object] | None = None,
     workers: int = 1,
+    reconcile_engine: str = DEFAULT_ENGINE,
 ) -> dict[str, object]:
     """Compare and store; the run ends ``done`` with its summary, or ``failed`` with why.
-    The scope is the one kept with the run; ``workers`` processes share the comparison."""
+    The scope is the one kept with the run; ``workers`` processes share the comparison of the
+    ``python`` engine; ``reconcile_engine`` is ``duckdb`` or ``python`` (same discrepancies)."""
     collector, totals = _DbCollector(engine, run_id), Totals()
     with Session(engine) as s:
         row = s.get_one(ReconciliationRunRow, run_id)
@@ -155,6 +157,7 @@ def execute_run(
             chunk=chunk,
             scope=scope,
             progress=progress,
+            engine=reconcile_engine,
         )
         collector.flush()
     except Exception as exc:
@@ -180,9 +183,12 @@ def run_files(
     progress: Callable[[int], object] | None = None,
     scope: Scope = EVERY_MONTH,
     workers: int = 1,
+    reconcile_engine: str = DEFAULT_ENGINE,
 ) -> int:
+    """``reconcile_engine``: ``duckdb`` or ``python`` (``engine`` is the database's)."""
     run_id = create_run(engine, actor, ledger, extracts, scope)
-    execute_run(engine, run_id, ledger, extracts, chunk=chunk, progress=progress, workers=workers)
+    execute_run(engine, run_id, ledger, extracts, chunk=chunk, progress=progress, workers=workers,
+                reconcile_engine=reconcile_engine)  # fmt: skip
     return run_id
 
 

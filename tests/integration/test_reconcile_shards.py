@@ -27,7 +27,9 @@ def _run(paths: dict[str, Path], workers: int, scope: Scope = EVERY_MONTH) -> tu
 ]:  # fmt: skip
     col, totals = ListCollector(), Totals()
     extracts = {i: paths[i] for i in INSTITUTIONS}
-    m = reconcile_files(paths["ledger"], extracts, col, totals, workers=workers, scope=scope)
+    m = reconcile_files(
+        paths["ledger"], extracts, col, totals, workers=workers, scope=scope, engine="python"
+    )
     assert len(m.peaks_kib) == m.shards + (1 if m.shards > 1 else 0)
     return col.items, totals, m.shards, m.fell_back
 
