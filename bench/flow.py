@@ -38,7 +38,16 @@ from sqlalchemy import text
 
 from bench.api import CLIENT, _exchange
 from bench.record import RESULTS_DIR, figure, write_record
-from bench.router import Deployment, Infra, infrastructure, log, percentile, workload
+from bench.router import (
+    Deployment,
+    Infra,
+    cpu_seconds,
+    infra_cpu,
+    infrastructure,
+    log,
+    percentile,
+    workload,
+)
 from schemas import CanonicalEvent, dump_event
 from services.api.security import Authority, Scope
 from tests.infra import REPO, free_port
@@ -52,7 +61,9 @@ MAX_CONNECTIONS = 64
 
 
 @contextmanager
-def fake_institutions(directory: Path, logs: Path) -> Iterator[tuple[dict[str, Any], Any]]:
+def fake_institutions(
+    directory: Path, logs: Path, schema_checks: bool = True
+) -> Iterator[tuple[dict[str, Any], Any]]:
     """``python -m tests.fakes`` in its own process, as the demo runs it: the institutions' CPU
     is then not the bench client's, and their HTTP servers are real ones."""
     secret = {i: secrets.token_urlsafe(32) for i in ("cmu", "css")}
@@ -64,7 +75,14 @@ def fake_institutions(directory: Path, logs: Path) -> Iterator[tuple[dict[str, A
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / "fakes.log").open("ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakes", "--dir", str(directory)],
+            [
+                sys.executable,
+                "-m",
+                "tests.fakes",
+                "--dir",
+                str(directory),
+                *([] if schema_checks else ["--no-schema-checks"]),
+            ],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -79,6 +97,39 @@ def fake_institutions(directory: Path, logs: Path) -> Iterator[tuple[dict[str, A
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def fake_costs(events: Sequence[CanonicalEvent], n: int = 600) -> dict[str, dict[str, float]]:
+    """µs per message of the fake CMU's and CSS's own processing, with and without their
+    schema checks, in this process: what the institutions' side costs on these cores."""
+    import adapters.cmu
+    import adapters.css
+    from adapters.base import MemberProfile, profile_after
+    from tests.fakes.cmu import FakeCMU
+    from tests.fakes.css import FakeCSS, css_schema
+
+    known: dict[str, MemberProfile] = {}
+    bodies: dict[str, list[Any]] = {"cmu": [], "css": []}
+    for e in events:
+        profile = profile_after(known.get(e.member_id), e)
+        if profile is not None:
+            known[e.member_id] = profile
+        if e.event_type == "contribution.paid" and len(bodies["css"]) < n:
+            bodies["cmu"] += adapters.cmu.translate(e, known.get(e.member_id))
+            bodies["css"] += adapters.css.translate(e, known.get(e.member_id))
+    css_schema()  # compiled once per process, not counted
+    out: dict[str, dict[str, float]] = {}
+    for name, make in (("cmu", FakeCMU), ("css", FakeCSS)):
+        out[name] = {}
+        for checks in (True, False):
+            fake = make(secrets.token_bytes(32))
+            fake.schema_checks = checks
+            started = time.perf_counter()
+            for m in bodies[name]:
+                fake.answer(m.message_id, m.body, m.content_type)
+            took = time.perf_counter() - started
+            out[name]["checked" if checks else "unchecked"] = took / len(bodies[name]) * 1e6
+    return out
 
 
 def partner_env(partners: dict[str, Any], port: int, push_batch: int = 1) -> dict[str, str]:
@@ -325,19 +376,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--push-batch", type=int, default=50, help="messages per HTTP push to CMU and CSS"
     )
+    parser.add_argument(
+        "--schema-checking-fakes",
+        action="store_true",
+        help="the fake CMU and CSS validate every message (R4B, XSD) as in the tests",
+    )
     parser.add_argument("--seed", type=int, default=20261203)
     args = parser.parse_args(argv)
     n = int(args.rate * args.seconds)
     load = workload(n, seed=f"f{args.seed}")
     enrolled: list[CanonicalEvent] = [e for e in load.events if e.event_type == "member.enrolled"]
     paid: list[CanonicalEvent] = [e for e in load.events if e.event_type != "member.enrolled"]
+    costs = fake_costs(load.events)
+    log(f"fakes' own cost, µs a message: {costs}")
+    checks = args.schema_checking_fakes
     with (
         tempfile.TemporaryDirectory(prefix="jokko-bench-flow-") as tmp,
         infrastructure(Path(tmp)) as infra,
     ):
         logs = Path(tmp) / "logs"
-        with fake_institutions(Path(tmp) / "partners", logs) as (partners, _):
-            code, notes, figures = run(infra, args, logs, partners, load.expected, enrolled, paid)
+        with fake_institutions(Path(tmp) / "partners", logs, checks) as (partners, fakes):
+            code, notes, figures = run(
+                infra, args, logs, partners, load.expected, enrolled, paid, fakes.pid
+            )
+    capacity = 1e6 / (costs["cmu"]["checked"] + costs["css"]["checked"])
+    figures += [
+        *(
+            figure(
+                f"flow_fake_{name}_us_per_message",
+                c["checked"],
+                "µs",
+                peer="without its schema checks",
+                peer_value=c["unchecked"],
+            )
+            for name, c in costs.items()
+        ),
+        figure(
+            "flow_fakes_with_checks_events_per_s",
+            capacity,
+            "events/s",
+            peer="offered",
+            peer_value=args.rate,
+        ),
+    ]
+    notes += (
+        f"\n\nThe institutions' side: the fake CMU and CSS, one Python process (one GIL) between "
+        f"them, cost {costs['cmu']['checked']:,.0f} and {costs['css']['checked']:,.0f} µs a "
+        f"message with their independent schema checks (fhir.resources R4B models, xmlschema "
+        f"XSD), {costs['cmu']['unchecked']:,.0f} and {costs['css']['unchecked']:,.0f} µs "
+        f"without (measured in the bench process, same messages): with checks they could "
+        f"answer at most {capacity:,.0f} events/s together, below the {args.rate:,.0f}/s "
+        f"offered, so this run "
+        + (
+            "kept their checks (`--schema-checking-fakes`) and measures them as much as Jokko."
+            if checks
+            else "turned the checks off (`python -m tests.fakes --no-schema-checks`; the tests "
+            "keep them) to measure Jokko rather than the fakes."
+        )
+    )
     write_record("flow", figures, notes, plots=["flow.png"])
     return code
 
@@ -350,6 +446,7 @@ def run(
     expected: dict[str, int],
     enrolled: list[CanonicalEvent],
     paid: list[CanonicalEvent],
+    fakes_pid: int,
 ) -> tuple[int, str, list[dict[str, Any]]]:
     canonical = f"flow{uuid.uuid4().hex[:6]}.jokko.events.v1"
     d = Deployment.create(infra, "flow", canonical, logs)
@@ -373,14 +470,22 @@ def run(
             f"{len(enrolled):,} enrolments acknowledged; offering {len(paid):,} contributions at "
             f"{args.rate:,.0f}/s in requests of {args.batch} (load {load_before[0]:.1f})"
         )
-        started = time.time()
+
+        def cpu() -> dict[str, float]:
+            """CPU seconds so far of each process of the run: who the two cores worked for."""
+            own = {k.removesuffix("-1"): cpu_seconds(p.pid) for k, p in d.procs.items()}
+            return {**own, "fakes": cpu_seconds(fakes_pid), **infra_cpu(infra)}
+
         reqs = requests_of(paid, args.batch, bearer)
+        cpu0 = cpu()
+        started = time.time()
         offered = asyncio.run(_offer(port, reqs, args.rate / args.batch))
         offer_s = time.time() - started
         load_end_offer = os.getloadavg()
         log(f"offered in {offer_s:.1f} s, statuses {dict(offered.statuses)}")
         d.wait(lambda: acked(d) >= total_messages, 900, "every message acknowledged")
         drained_s = time.time() - started
+        cores = {k: (v - cpu0[k]) / drained_s for k, v in cpu().items()}
         states: dict[str, int] = dict(
             d.engine.connect()
             .execute(text("SELECT state, count(*) FROM outbox GROUP BY state"))
@@ -435,6 +540,10 @@ def run(
             )
             for inst, v in sorted(acked_rate.items())
         ),
+        *(
+            figure(f"flow_cores_{k}", v, "cores", peer="cores", peer_value=os.cpu_count())
+            for k, v in cores.items()
+        ),
     ]
     stage_p99 = {
         "the API's answer": percentile(t.api_ms, 0.99),
@@ -478,7 +587,11 @@ def run(
         f"handed to the last institution {stats(t.sent_ms)}; per institution's ack "
         + "; ".join(f"{i.upper()} {stats(v)}" for i, v in sorted(t.per_institution.items()))
         + f". Every message acknowledged {drained_s:.0f} s after the first send (outbox "
-        f"states {states}); sustained {sustained:,.0f} events/s end to end.\n\n" + bounds
+        f"states {states}); sustained {sustained:,.0f} events/s end to end. Cores used from "
+        f"the first send to the last ack, by process: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in cores.items())
+        + f" (of {os.cpu_count()}; the fakes are the institutions' side, not Jokko's).\n\n"
+        + bounds
     )
     return (0 if all_ok else 1), notes, figures
 

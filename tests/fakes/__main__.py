@@ -91,9 +91,15 @@ def _secret(name: str) -> bytes:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.fakes", description=__doc__)
     parser.add_argument("--dir", type=Path, required=True, help="folder for the IPRES exchange")
+    parser.add_argument(
+        "--no-schema-checks",
+        action="store_true",
+        help="CMU and CSS skip their independent R4B / XSD validation (benchmarks only)",
+    )
     args = parser.parse_args(argv)
     cmu = FakeCMU(_secret("JOKKO_FAKE_CMU_SECRET"), Faults(seed=1))
     css = FakeCSS(_secret("JOKKO_FAKE_CSS_SECRET"), Faults(seed=2))
+    cmu.schema_checks = css.schema_checks = not args.no_schema_checks
     ipres = FakeIPRES(args.dir / "ipres-in", args.dir / "ipres-acks", Faults(seed=3))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

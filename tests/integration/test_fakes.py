@@ -211,6 +211,39 @@ def test_cmu_refuses_what_is_not_an_r4b_transaction(cmu: tuple[FakeCMU, Jokko]) 
     assert all(r.status is AckStatus.REJECTED for r in fake.received)
 
 
+def test_without_schema_checks_the_fakes_still_check_structure_and_ids(
+    cmu: tuple[FakeCMU, Jokko], css: tuple[FakeCSS, Jokko]
+) -> None:
+    """The benchmarks' setting: the R4B / XSD validators are skipped, not the cheap checks."""
+    cmu_fake, cmu_client = cmu
+    cmu_fake.schema_checks = False
+    [m] = translated(adapters.cmu, enrolments(1))
+    doc = json.loads(m.body)
+    not_r4b = {**doc, "notAnR4bElement": 1}
+    answer = cmu_client.deliver("/fhir", replace(m, body=json.dumps(not_r4b).encode()))
+    assert answer.status_code == 200, "R4B validation skipped"
+    cmu_fake.schema_checks = True
+    m2 = translated(adapters.cmu, enrolments(2))[1]
+    not_r4b_2 = {**json.loads(m2.body), "notAnR4bElement": 1}
+    answer = cmu_client.deliver("/fhir", replace(m2, body=json.dumps(not_r4b_2).encode()))
+    assert answer.status_code == 400, "what the full check refuses"
+    cmu_fake.schema_checks = False
+    m3 = translated(adapters.cmu, enrolments(3))[2]
+    other_id = {**json.loads(m3.body), "identifier": {"system": "urn:other", "value": m.message_id}}
+    answer = cmu_client.deliver("/fhir", replace(m3, body=json.dumps(other_id).encode()))
+    assert answer.status_code == 400, "the message id is still checked"
+    css_fake, css_client = css
+    css_fake.schema_checks = False
+    [c] = translated(adapters.css, enrolments(1))
+    no_xsd = c.body.replace(b"<Region>SN-", b"<Region>XX-", 1)
+    assert no_xsd != c.body
+    assert css_client.deliver("/css/v1/documents", replace(c, body=no_xsd)).status_code == 200
+    css_fake.schema_checks = True
+    c2 = translated(adapters.css, enrolments(2))[1]
+    bad = c2.body.replace(b"<Region>SN-", b"<Region>XX-", 1)
+    assert css_client.deliver("/css/v1/documents", replace(c2, body=bad)).status_code == 400
+
+
 def test_cmu_refuses_a_tampered_or_replayed_request_and_records_nothing(
     cmu: tuple[FakeCMU, Jokko],
 ) -> None:
