@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -101,15 +102,25 @@ class MemberProfileRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
+_PENDING_ONLY = text(f"state = '{DeliveryState.PENDING.value}'")
+
+
 class OutboxRow(Base):
     """One message for one institution; ``id`` order is the publication order."""
 
     __tablename__ = "outbox"
+    # Every row is written into every index, so each one here earns its place (0006):
+    # member first, the sequence also serves look-ups by member (API, order checks);
+    # the pending rows alone, in publication order per institution, serve the relay's claims.
     __table_args__ = (
-        UniqueConstraint("institution", "member_id", "member_seq", name="uq_outbox_member_seq"),
-        Index("ix_outbox_pending", "state", "id"),
-        Index("ix_outbox_member", "member_id", "institution", "state"),
-        Index("ix_outbox_claim", "institution", "state", "id"),
+        UniqueConstraint("member_id", "institution", "member_seq", name="uq_outbox_member_seq"),
+        Index(
+            "ix_outbox_pending",
+            "institution",
+            "id",
+            postgresql_where=_PENDING_ONLY,
+            sqlite_where=_PENDING_ONLY,
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
