@@ -51,7 +51,7 @@ bench: install infra
 	$(BIN)/python -m bench.api
 	$(BIN)/python -m bench.soak --events 8000
 	$(BIN)/python -m bench.flow
-	$(BIN)/python -m bench.reconcile --members 100000
+	$(BIN)/python -m bench.reconcile --members 100000 --peer-engine python
 
 schema: install
 	$(BIN)/jokko schema export

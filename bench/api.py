@@ -450,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     notes = (
-        f"Setup: `jokko api` (uvicorn, one worker, asyncio + h11, the default rate limit) on "
+        f"Setup: `jokko api` (uvicorn, one worker, uvloop + httptools, the default rate limit) on "
         f"PostgreSQL and a single-node broker, canonical topic of {PARTITIONS} partitions, "
         f"all on this 2-core machine with the client and other engineers' test runs "
         f"(1-minute load average {load_before:.1f} at the start, {load_after:.1f} at the "
@@ -484,10 +484,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 PROFILE_NOTES = (
     "Profiles (py-spy `--gil` at 100 Hz of `jokko api`, a separate shorter run with "
-    "`--profile`, 2026-12-03, load average 10-20 from other test runs): in batches the GIL is "
-    "held 47% in `parse_event` (pydantic-core, of which the contribution allocation check "
-    "`_allocation_adds_up` in schemas/payloads.py 21%, iterating the `Branch` enum per event, "
-    "and phone-number validation 14%), 33% in `publish_events` (re-serialising each parsed "
+    "`--profile`, 2026-12-03, on asyncio + h11 before uvloop and httptools were installed and "
+    "before phone numbers were memoised, load average 10-20 from other test runs): in batches "
+    "the GIL is held 47% in `parse_event` (pydantic-core; phone-number validation 14%; the "
+    "allocation check, since made a tuple walk, was ~4% measured apart), 33% in "
+    "`publish_events` (re-serialising each parsed "
     "event with `dump_event` 12%, `KafkaProducer.send` 18%), 6% in the producer's network "
     "thread, and 2% in the idempotency rows: a batch is bound by validation and kafka-python's "
     "per-record cost, both per event, so it scales with CPU, not with the HTTP stack. A "
@@ -504,8 +505,9 @@ PROFILE_NOTES = (
     "noise). One uvicorn worker is one GIL: offered more than it serves, open loop, requests "
     "queue without bound and the p99 is the queue, not the work. "
     "What would move it: more uvicorn workers or API replicas (the API is stateless; the "
-    "rate limiter is per process), a faster HTTP stack (httptools, uvloop), clients sending "
-    "batches (the figure (a) path: ~0.3-1 ms an event), and a cheaper allocation check."
+    "rate limiter is per process), a lighter framework path per request than FastAPI's "
+    "dependency solving, and clients sending batches (the figure (a) path: ~0.3-1 ms an "
+    "event)."
 )
 
 
