@@ -6,7 +6,6 @@ that a repeat gets exactly the first answer, refusals included.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
@@ -20,13 +19,9 @@ from schemas import (
     ProviderAgreementSigned,
     parse_event,
 )
-from schemas.examples import raw_examples
+from tests.unit.test_schemas_parsing import example
 
 pytestmark = pytest.mark.unit
-
-
-def example(event_type: str) -> dict[str, Any]:
-    return copy.deepcopy(next(r for r in raw_examples() if r["event_type"] == event_type))
 
 
 def paid_by(phone: str) -> dict[str, Any]:
