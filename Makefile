@@ -44,13 +44,15 @@ demo: install
 # Benchmarks write bench/results/<bench>.json and regenerate bench/RESULTS.md.
 # Each of router, api and flow starts its own Kafka broker and PostgreSQL. The whole target
 # fits in 20 minutes on 2 cores (README: Benchmarks); reconciliation's full 1M-member figure
-# is a separate run: `.venv/bin/python -m bench.reconcile --members 1000000` (~7 minutes).
+# is a separate run: `.venv/bin/python -m bench.reconcile --members 1000000`, and so is the
+# 100,000-event soak: `.venv/bin/python -m bench.soak --events 100000`.
 bench: install infra
 	$(BIN)/python -m bench.adapters
 	$(BIN)/python -m bench.router --events 10000
 	$(BIN)/python -m bench.api
 	$(BIN)/python -m bench.soak --events 8000
 	$(BIN)/python -m bench.flow
+	$(BIN)/python -m bench.flow --rate 250 --name flow_250
 	$(BIN)/python -m bench.reconcile --members 100000 --peer-engine python
 
 schema: install

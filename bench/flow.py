@@ -10,7 +10,8 @@ go to ``/v1/events/batch`` in requests of ``--batch`` events (``--batch 1``: sin
 ``/v1/events``), each request sent at its scheduled time whatever the answers so far. Per
 event the clock runs from that scheduled time to the ``acked_at`` of its last outbox row (the
 accepted ack; CMU and CSS answer synchronously, IPRES by ack file). Writes
-``bench/results/flow.json`` and ``bench/results/flow.png``.
+``bench/results/flow.json`` and ``bench/results/flow.png`` (``--name`` for another record, e.g.
+the same flow below saturation: ``--rate 250 --name flow_250``).
 """
 
 from __future__ import annotations
@@ -381,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="the fake CMU and CSS validate every message (R4B, XSD) as in the tests",
     )
+    parser.add_argument(
+        "--name", default="flow", help="record name: bench/results/NAME.json and NAME.png"
+    )
     parser.add_argument("--seed", type=int, default=20261203)
     args = parser.parse_args(argv)
     n = int(args.rate * args.seconds)
@@ -434,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "keep them) to measure Jokko rather than the fakes."
         )
     )
-    write_record("flow", figures, notes, plots=["flow.png"])
+    write_record(args.name, figures, notes, plots=[f"{args.name}.png"])
     return code
 
 
@@ -495,7 +499,7 @@ def run(
     finally:
         d.stop()
     load_after = os.getloadavg()
-    png = RESULTS_DIR / "flow.png"
+    png = RESULTS_DIR / f"{args.name}.png"
     RESULTS_DIR.mkdir(exist_ok=True)
     plot(t, args.rate, png)
     p50, p99 = percentile(t.acked_ms, 0.5), percentile(t.acked_ms, 0.99)

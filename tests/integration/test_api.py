@@ -7,8 +7,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -422,3 +424,31 @@ def _reconciled(op: httpx.Client, run_id: int) -> dict[str, object]:
 def _report_keys(report_csv: str) -> set[tuple[str, ...]]:
     cols = ("institution", "record", "kind", "member_id", "period", "branch", "ref")
     return {tuple(r[c] for c in cols) for r in csv.DictReader(io.StringIO(report_csv))}
+
+
+def test_a_client_gone_mid_body_is_no_server_error_and_nothing_is_accepted(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An overloaded API sees clients give up while it reads their body: no traceback, no
+    500, nothing published (an error log with a traceback each made the overload worse)."""
+    host, port = api.url.removeprefix("http://").split(":")
+    body = json.dumps(example("contribution.paid")).encode()
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        with socket.create_connection((host, int(port))) as sock:
+            head = (
+                f"POST /v1/events HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {api.tokens['msnas']}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body[: len(body) // 2])
+            time.sleep(0.3)  # the route is waiting for the rest of the body
+    deadline = time.monotonic() + 10
+    while sum("client gone" in r.getMessage() for r in caplog.records) < 3:
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        time.sleep(0.05)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    metrics = httpx.get(f"{api.url}/metrics").text.splitlines()
+    accepted = [m for m in metrics if m.startswith('jokko_api_events_total{outcome="accepted"}')]
+    assert all(m.endswith(" 0.0") for m in accepted), accepted
