@@ -45,7 +45,7 @@ demo: install
 # Each of router, api and flow starts its own Kafka broker and PostgreSQL. The whole target
 # fits in 20 minutes on 2 cores (README: Benchmarks); reconciliation's full 1M-member figure
 # is a separate run: `.venv/bin/python -m bench.reconcile --members 1000000`, and so is the
-# 100,000-event soak: `.venv/bin/python -m bench.soak --events 100000`.
+# 100,000-event soak: `.venv/bin/python -m bench.soak --events 100000 --name soak_100k`.
 bench: install infra
 	$(BIN)/python -m bench.adapters
 	$(BIN)/python -m bench.router --events 10000

@@ -341,6 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="contribution events (make bench passes 8,000: about 5 minutes on 2 shared cores)",
     )
     parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument(
+        "--name", default="soak", help="record name (the 100,000-event run: soak_100k)"
+    )
     parser.add_argument("--seed", type=int, default=20261203)
     args = parser.parse_args(argv)
 
@@ -436,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "events/s. What would move it: the fakes in their own process or machine, fewer "
         "router kills (each costs a start-up and a group rejoin), and a quiet machine."
     )
-    write_record("soak", figures, notes)
+    write_record(args.name, figures, notes)
     ok = t.lost == 0 and t.duplicates == 0 and t.kills >= args.kills and t.broker_restarts == 1
     return 0 if ok else 1
 
