@@ -47,6 +47,7 @@ from bench.router import (
     infrastructure,
     log,
     percentile,
+    with_profiles,
     workload,
 )
 from schemas import CanonicalEvent, dump_event
@@ -105,19 +106,14 @@ def fake_costs(events: Sequence[CanonicalEvent], n: int = 600) -> dict[str, dict
     schema checks, in this process: what the institutions' side costs on these cores."""
     import adapters.cmu
     import adapters.css
-    from adapters.base import MemberProfile, profile_after
     from tests.fakes.cmu import FakeCMU
     from tests.fakes.css import FakeCSS, css_schema
 
-    known: dict[str, MemberProfile] = {}
     bodies: dict[str, list[Any]] = {"cmu": [], "css": []}
-    for e in events:
-        profile = profile_after(known.get(e.member_id), e)
-        if profile is not None:
-            known[e.member_id] = profile
+    for e, profile in with_profiles(events):
         if e.event_type == "contribution.paid" and len(bodies["css"]) < n:
-            bodies["cmu"] += adapters.cmu.translate(e, known.get(e.member_id))
-            bodies["css"] += adapters.css.translate(e, known.get(e.member_id))
+            bodies["cmu"] += adapters.cmu.translate(e, profile)
+            bodies["css"] += adapters.css.translate(e, profile)
     css_schema()  # compiled once per process, not counted
     out: dict[str, dict[str, float]] = {}
     for name, make in (("cmu", FakeCMU), ("css", FakeCSS)):

@@ -23,7 +23,7 @@ import time
 import types
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,19 +138,25 @@ def workload(n_contributions: int, seed: str) -> Workload:
     return Workload(events, len(paid), expected_messages(events))
 
 
-def expected_messages(events: Sequence[CanonicalEvent]) -> dict[str, int]:
-    """What the router must produce, worked out here from the routing table and adapters."""
-    adapters = outbound_adapters()
+def with_profiles(
+    events: Iterable[CanonicalEvent],
+) -> Iterator[tuple[CanonicalEvent, MemberProfile | None]]:
+    """Each event with its member's profile once it is applied, as the router keeps them."""
     known: dict[str, MemberProfile] = {}
-    out: dict[str, int] = {}
     for e in events:
         profile = profile_after(known.get(e.member_id), e)
         if profile is not None:
             known[e.member_id] = profile
-        out[str(e.event_id)] = sum(
-            len(adapters[i].translate(e, profile)) for i in destinations(e, profile)
-        )
-    return out
+        yield e, profile
+
+
+def expected_messages(events: Sequence[CanonicalEvent]) -> dict[str, int]:
+    """What the router must produce, worked out here from the routing table and adapters."""
+    adapters = outbound_adapters()
+    return {
+        str(e.event_id): sum(len(adapters[i].translate(e, p)) for i in destinations(e, p))
+        for e, p in with_profiles(events)
+    }
 
 
 def publish(

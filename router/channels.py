@@ -56,6 +56,11 @@ def delivery_of(ack: Ack, batch_ref: str | None = None) -> Delivery:
     )
 
 
+def _held_back(p: Parcel) -> Delivery:
+    """Not sent: an earlier message of its member failed, and order comes first."""
+    return Delivery(p.message_id, Result.FAILED, reason_text="an earlier message failed")
+
+
 class HttpChannel:
     """POSTs each message to the institution's endpoint, signed (``router.signing``), and reads
     the institution's answer in its own format as the acknowledgement.
@@ -139,10 +144,7 @@ class HttpChannel:
                 if results[p.message_id].result != Result.FAILED:
                     queues.append(q)
                     continue
-                for rest in q:
-                    results[rest.message_id] = Delivery(
-                        rest.message_id, Result.FAILED, reason_text="an earlier message failed"
-                    )
+                results.update((rest.message_id, _held_back(rest)) for rest in q)
 
     def _send_chunk(self, chunk: list[Parcel]) -> dict[str, Delivery]:
         if len(chunk) == 1:
@@ -166,9 +168,7 @@ class HttpChannel:
         failed = False
         for p in parcels:
             if failed:
-                out[p.message_id] = Delivery(
-                    p.message_id, Result.FAILED, reason_text="an earlier message failed"
-                )
+                out[p.message_id] = _held_back(p)
                 continue
             out[p.message_id] = d = self._send(p)
             failed = d.result == Result.FAILED

@@ -13,6 +13,7 @@ from typing import Any
 
 from adapters.base import Institution, InvalidMessage
 from adapters.cmu import systems as s
+from adapters.cmu.mapping import canonical_json
 from schemas.errors import FieldError
 
 BATCH_ENTRY_URL = "Bundle"
@@ -60,10 +61,9 @@ def split_batch(raw: bytes) -> tuple[str, list[tuple[str, bytes]]] | None:
     for i, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         message = _message_id(resource)
-        if message is None:
+        if message is None or not isinstance(resource, dict):
             raise fail(f"entry.{i}.resource", "must be a transaction Bundle with a message id")
-        body = json.dumps(resource, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-        out.append((message, body.encode()))
+        out.append((message, canonical_json(resource)))  # the bytes Jokko sent
     return str(identifier.get("value")), out
 
 

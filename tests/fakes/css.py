@@ -61,22 +61,28 @@ def css_schema() -> xmlschema.XMLSchema:
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 
 
+NS = "{" + NAMESPACE + "}"
+
+
+def _acknowledgement_root() -> etree._Element:
+    issued = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return etree.Element(
+        NS + "Acknowledgement", nsmap={None: NAMESPACE}, formatVersion="1", issuedAt=issued
+    )
+
+
 def acknowledgement(
     message_id: str, *, file_number: str | None = None, reason: tuple[str, str] | None = None
 ) -> bytes:
     """An ``Acknowledgement`` with one ``Receipt``: accepted with a file number, or rejected."""
-    ns = "{" + NAMESPACE + "}"
-    issued = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    root = etree.Element(
-        ns + "Acknowledgement", nsmap={None: NAMESPACE}, formatVersion="1", issuedAt=issued
-    )
-    receipt = etree.SubElement(root, ns + "Receipt", messageId=message_id)
+    root = _acknowledgement_root()
+    receipt = etree.SubElement(root, NS + "Receipt", messageId=message_id)
     if reason is None:
         receipt.set("status", "accepted")
         receipt.set("fileNumber", file_number or "CSS-000000")
     else:
         receipt.set("status", "rejected")
-        etree.SubElement(receipt, ns + "Reason", code=reason[0]).text = reason[1]
+        etree.SubElement(receipt, NS + "Reason", code=reason[0]).text = reason[1]
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
@@ -89,13 +95,9 @@ class FakeCSS(HttpFake):
 
     def combine(self, answers: list[Answer]) -> Answer:
         """One Acknowledgement holding every document's Receipt."""
-        ns = "{" + NAMESPACE + "}"
-        issued = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        root = etree.Element(
-            ns + "Acknowledgement", nsmap={None: NAMESPACE}, formatVersion="1", issuedAt=issued
-        )
+        root = _acknowledgement_root()
         for a in answers:
-            root.extend(etree.fromstring(a.body, parser=_PARSER).iter(ns + "Receipt"))
+            root.extend(etree.fromstring(a.body, parser=_PARSER).iter(NS + "Receipt"))
         return Answer(200, XML, etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
 
     def unauthorized(self, error: SignatureRejected) -> Answer:
