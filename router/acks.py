@@ -37,7 +37,7 @@ from router.store import (
     utcnow,
 )
 from schemas import ClaimAdjudicated
-from schemas.envelope import Source
+from schemas.envelope import SCHEMA_VERSION, Source
 from schemas.errors import JokkoError
 from schemas.payloads import ClaimAdjudicatedPayload
 from schemas.types import Region
@@ -78,6 +78,7 @@ def _adjudication_event(
     mutual, code = row.member_id.split("-")[:2]
     return ClaimAdjudicated(
         event_id=uuid.uuid5(_ADJUDICATION_NS, f"{row.institution}:{row.message_id}"),
+        schema_version=SCHEMA_VERSION,
         occurred_at=now,
         recorded_at=now,
         source=Source(mutual=mutual, region=Region(region or f"SN-{code}"), agent_id="jokko-acks"),

@@ -3,6 +3,11 @@
 The inbox row's primary key (``event_id``) is the idempotency check: a re-delivered event's
 insert conflicts and the event produces nothing, in the same transaction that writes the
 outbox rows of the new ones. There is no read-before-write to race.
+
+A copy whose insert conflicts is compared with the content digest its inbox row kept: the same
+digest is a duplicate (nothing to do), another digest is a *conflict*: the first stays applied
+and the copy becomes a dead letter of its own (``conflicting_duplicate``), naming both digests
+and the differing fields, never their values.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from router.store import (
 )
 from schemas import Branch, CanonicalEvent, InvalidEvent, MemberEnrolled, MemberUpdated, parse_event
 from schemas.errors import JokkoError
+from schemas.fingerprint import Fingerprint, differing_fields, fingerprint, read_fields
 from schemas.types import Package, Region
 
 INBOX: Table = InboxRow.__table__  # type: ignore[assignment]
@@ -84,6 +90,8 @@ INBOX_COLUMNS: Columns = (
     ("offset", "int8"),
     ("destinations", "varchar"),
     ("received_at", "timestamptz"),
+    ("content_digest", "varchar"),
+    ("field_digests", "text"),
 )
 # PostgreSQL: the batch's inbox rows are copied (binary COPY) into a temporary table of the
 # session, then moved with one INSERT … SELECT … ON CONFLICT … RETURNING whose text never
@@ -107,6 +115,8 @@ _PG_SEQS = text(
 )
 _PENDING = DeliveryState.PENDING.value
 _RECEIVED, _ROUTED, _QUEUED = Stage.RECEIVED.value, Stage.ROUTED.value, Stage.QUEUED.value
+CONFLICTING_DUPLICATE = "conflicting_duplicate"
+"""Dead-letter reason: the same ``event_id`` with other content than the copy applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +132,12 @@ class RawRecord:
 class Outcome(StrEnum):
     ROUTED = "routed"
     DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    """Same ``event_id``, other content: dead-lettered, the first copy's effects unchanged."""
     DEAD_LETTERED = "dead_lettered"
 
 
-_Item = tuple[int, RawRecord, CanonicalEvent]
+_Item = tuple[int, RawRecord, CanonicalEvent, Fingerprint]
 
 
 def _profile_from_row(row: Any) -> MemberProfile:
@@ -174,6 +186,9 @@ class Processor:
         self._dead_stmt = insert_(DEAD).on_conflict_do_nothing(
             index_elements=["topic", "partition", "offset"]
         )
+        self._digests_stmt = select(
+            INBOX.c.event_id, INBOX.c.content_digest, INBOX.c.field_digests
+        ).where(INBOX.c.event_id.in_(bindparam("ids", expanding=True)))
         members = (
             any_(bindparam("members", type_=ARRAY(String)))
             if self._postgres  # one array parameter, not one parameter per member
@@ -198,7 +213,9 @@ class Processor:
     def process_batch(self, records: Sequence[RawRecord]) -> list[Outcome]:
         outcomes: list[Outcome] = [Outcome.DUPLICATE] * len(records)
         dead: list[dict[str, Any]] = []
+        trail: list[tuple[Any, ...]] = []
         first: dict[str, _Item] = {}  # the first copy of each event in the batch, in order
+        repeats: list[_Item] = []  # later copies in the batch, compared with the first
         for i, record in enumerate(records):
             try:
                 event = parse_event(record.value)
@@ -206,10 +223,12 @@ class Processor:
                 dead.append(_dead_row(record, exc, "invalid_event"))
                 outcomes[i] = Outcome.DEAD_LETTERED
                 continue
-            first.setdefault(str(event.event_id), (i, record, event))
+            item = (i, record, event, fingerprint(event))
+            if first.setdefault(str(event.event_id), item) is not item:
+                repeats.append(item)
         with self._engine.begin() as conn:
             if first:
-                known = self._known(conn, {e.member_id for _, _, e in first.values()})
+                known = self._known(conn, {e.member_id for _, _, e, _ in first.values()})
                 plan = _Plan(known, first.values(), self._adapters)
                 inserted = self._claim(conn, plan.inbox_rows())
                 if len(inserted) < len(first):  # duplicates: route the new events alone
@@ -217,6 +236,11 @@ class Processor:
                     new = [item for eid, item in first.items() if eid in inserted]
                     plan = _Plan(known, new, self._adapters)
                     _fix_routes(conn, guessed, plan.routes)
+                    repeats += [item for eid, item in first.items() if eid not in inserted]
+                for i, dl, step in self._conflicts(conn, repeats, first, inserted):
+                    dead.append(dl)
+                    trail.append(step)
+                    outcomes[i] = Outcome.CONFLICT
                 for i, record, _, err in plan.failed:  # unknown member, untranslatable: never
                     reason = (
                         "member_unknown" if isinstance(err, MemberUnknown) else type(err).__name__
@@ -231,10 +255,44 @@ class Processor:
                 if plan.changed:
                     conn.execute(self._profile_stmt, plan.profile_rows())
                 copy_rows(conn, OUTBOX.name, OUTBOX_COLUMNS, plan.outbox)
-                copy_rows(conn, TRAIL.name, TRAIL_COLUMNS, plan.trail)
+                copy_rows(conn, TRAIL.name, TRAIL_COLUMNS, plan.trail + trail)
             if dead:
                 conn.execute(self._dead_stmt, dead)
         return outcomes
+
+    def _conflicts(
+        self,
+        conn: Connection,
+        repeats: Sequence[_Item],
+        first: Mapping[str, _Item],
+        inserted: set[str],
+    ) -> Iterable[tuple[int, dict[str, Any], tuple[Any, ...]]]:
+        """The repeated copies whose content differs from the copy that was applied: the one
+        inserted by this batch, or the one whose digests the inbox kept."""
+        if not repeats:
+            return
+        stored: dict[str, tuple[str | None, str | None]] = {}
+        earlier = sorted({str(e.event_id) for _, _, e, _ in repeats} - inserted)
+        if earlier:
+            rows = conn.execute(self._digests_stmt, {"ids": earlier})
+            stored = {eid: (digest, fields) for eid, digest, fields in rows}
+        now = utcnow()
+        for i, record, event, fp in repeats:
+            eid = str(event.event_id)
+            if eid in inserted:
+                applied = first[eid][3]
+                digest, fields = applied.digest, applied.fields
+            else:
+                kept_digest, kept_fields = stored.get(eid, (None, None))
+                if kept_digest is None:  # routed before digests were kept: a duplicate
+                    continue
+                digest, fields = kept_digest, read_fields(kept_fields)
+            if digest == fp.digest:
+                continue
+            detail = _conflict_detail(eid, digest, fp, differing_fields(fields, fp.fields))
+            dead_letter = _dead_row(record, None, CONFLICTING_DUPLICATE, detail=detail)
+            dead_letter["event_id"] = eid
+            yield i, dead_letter, (eid, Stage.CONFLICT.value, None, None, detail, now)
 
     def _known(self, conn: Connection, members: set[str]) -> _Known:
         params = {"members": sorted(members)}
@@ -288,7 +346,7 @@ class _Plan:
         self.outbox: list[tuple[Any, ...]] = []
         self.trail: list[tuple[Any, ...]] = []
         self.now = utcnow()
-        for i, record, event in self.items:
+        for i, record, event, _ in self.items:
             try:
                 self._add(event, adapters)
             except JokkoError as exc:
@@ -346,8 +404,10 @@ class _Plan:
                 r.offset,
                 routes.get(eid, ""),
                 now,
+                fp.digest,
+                fp.fields_json(),
             )
-            for _, r, e in self.items
+            for _, r, e, fp in self.items
         ]
 
     def profile_rows(self) -> list[dict[str, Any]]:
@@ -379,11 +439,23 @@ def _profile_row(profile: MemberProfile, now: datetime) -> dict[str, Any]:
     }
 
 
-def _dead_row(record: RawRecord, exc: JokkoError, reason: str) -> dict[str, Any]:
+def _conflict_detail(event_id: str, applied: str, copy: Fingerprint, fields: list[str]) -> str:
+    """Both digests and the differing fields' names: enough to investigate, no values."""
+    return (
+        f"event {event_id} was already applied with other content; the first copy stands "
+        f"(digest {applied}), this copy is not applied (digest {copy.digest}); "
+        f"differing fields: {', '.join(fields) or 'unknown'}"
+    )
+
+
+def _dead_row(
+    record: RawRecord, exc: JokkoError | None, reason: str, *, detail: str = ""
+) -> dict[str, Any]:
     return {
         "source": "canonical",
         "reason": reason,
-        "detail": str(exc),
+        "detail": detail or str(exc),
+        "event_id": None,
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,

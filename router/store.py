@@ -66,6 +66,8 @@ class Stage(StrEnum):
     REJECTED = "rejected"
     DEAD = "dead"
     DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    """The same event id came again with other content; that copy is a dead letter."""
     RETRYING = "retrying"
 
 
@@ -87,6 +89,22 @@ class InboxRow(Base):
     offset: Mapped[int | None] = mapped_column(BigInteger)
     destinations: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    content_digest: Mapped[str | None] = mapped_column(String(64))
+    """``schemas.fingerprint``: a redelivery with another digest is a conflict (null: routed
+    before digests were kept, so a redelivery can only be taken for a duplicate)."""
+    field_digests: Mapped[str | None] = mapped_column(Text)
+    """Per-field keyed digests (JSON), to name what a conflicting copy changed: no values."""
+
+
+class SubmittedEventRow(Base):
+    """An event the API put on the canonical topic, with its content digest: the same id with
+    other content is refused (409) even before the router has seen the first one."""
+
+    __tablename__ = "submitted_event"
+
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    content_digest: Mapped[str] = mapped_column(String(64))
+    submitted_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class MemberProfileRow(Base):

@@ -37,7 +37,10 @@ class Envelope(CanonicalModel):
     event_id: UUID = Field(description="Unique id of this event; the idempotency key.")
     event_type: str
     schema_version: Annotated[Literal[1], ExactInt] = Field(
-        default=SCHEMA_VERSION, description="Version of the canonical schema."
+        description=(
+            "Version of the canonical schema. Required: once a later version exists, an event "
+            "without one must not be read as v1 by accident."
+        )
     )
     occurred_at: UtcDatetime = Field(description="When the fact happened.")
     recorded_at: UtcDatetime = Field(description="When the mutual recorded it (>= occurred_at).")

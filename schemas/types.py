@@ -192,11 +192,19 @@ Nin = Annotated[
     AfterValidator(_nin),
     Field(
         description=(
-            "National identification number on the CEDEAO biometric ID card: 13 digits; "
-            "spaces, dots and hyphens are accepted and removed."
+            "National identification number on the CEDEAO biometric ID card: 13 digits, "
+            "stored bare and only in that form; spaces, dots and hyphens are accepted and "
+            "removed, anything else is refused: nin_invalid."
         )
     ),
 ]
+
+
+SENEGAL_CALLING_CODE = 221
+"""The one rule for phones: every number in an event is Senegalese. Members, dependents,
+witnesses and providers live in Senegal, and Wave, Orange Money and Free Money pay from
+Senegalese numbers; a foreign number is a keying error more often than a fact, and an agent
+can correct it on the spot, so it is refused (``phone_not_senegalese``), never stored."""
 
 
 @functools.lru_cache(maxsize=16_384)
@@ -210,6 +218,8 @@ def _phone(value: str) -> str:
         raise field_error("phone_invalid", "must be a phone number") from None
     if not phonenumbers.is_valid_number(number):
         raise field_error("phone_invalid", "must be a valid phone number")
+    if number.country_code != SENEGAL_CALLING_CODE:
+        raise field_error("phone_not_senegalese", "must be a Senegalese number (+221)")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -219,8 +229,10 @@ PhoneE164 = Annotated[
     AfterValidator(_phone),
     Field(
         description=(
-            "Phone number, stored in E.164 (+221771234567); national Senegalese forms "
-            "such as '77 123 45 67' or '00221 77 123 45 67' are accepted."
+            "Senegalese phone number, stored in E.164 (+221771234567) and only in that form: "
+            "national forms with spaces, dots or hyphens and without the country code "
+            "('77 123 45 67', '771234567', '00221 77 123 45 67') are accepted and normalised. "
+            "A foreign number (another country code) is refused: phone_not_senegalese."
         )
     ),
 ]

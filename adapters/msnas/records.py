@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from adapters.msnas import values as v
-from schemas import CanonicalEvent, InvalidEvent, parse_event
+from schemas import SCHEMA_VERSION, CanonicalEvent, InvalidEvent, parse_event
 
 SOURCE = "MSNAS"
 FORMAT_VERSION = 1
@@ -118,6 +118,9 @@ class _View:
 
 def _envelope(r: _View, event_type: str, business_date: str, *, member: str | None) -> None:
     r.ctx.put("event_type", event_type)
+    # The mutual's record format is mapped onto this canonical version, said explicitly: the
+    # envelope no longer defaults it.
+    r.ctx.put("schema_version", SCHEMA_VERSION)
     r.ctx.put("source.mutual", SOURCE)
     r.read.add("type")
     event_id = r.take("id_fiche", "event_id", convert=lambda x: event_id_of(v.identifier(x)))

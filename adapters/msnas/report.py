@@ -37,6 +37,8 @@ class ImportReport:
 
     events: tuple[CanonicalEvent, ...] = ()
     errors: tuple[RowError, ...] = ()
+    rows: tuple[int, ...] = ()
+    """The row each event was built from (``RowError.row`` numbering)."""
 
     @property
     def ok(self) -> bool:
@@ -72,4 +74,5 @@ class Collector:
         self.events.append(event)
 
     def report(self) -> ImportReport:
-        return ImportReport(tuple(self.events), tuple(self.errors))
+        rows = tuple(self.seen[e.event_id] for e in self.events)
+        return ImportReport(tuple(self.events), tuple(self.errors), rows)

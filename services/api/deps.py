@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 from kafka import KafkaProducer
 from sqlalchemy.orm import Session
 
@@ -34,3 +34,16 @@ async def get_producer(request: Request) -> KafkaProducer:
 JokkoDep = Annotated[Jokko, Depends(get_jokko)]
 SessionDep = Annotated[Session, Depends(get_session)]
 ProducerDep = Annotated[KafkaProducer, Depends(get_producer)]
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+async def require_json(request: Request) -> None:
+    """415 for a body declared as anything but JSON (or not declared): never guessed at."""
+    if not _is_json(request.headers.get("content-type", "")):
+        raise HTTPException(415, "the body must be JSON, sent with Content-Type: application/json")

@@ -138,7 +138,9 @@ def _wire_format(_request: Request, exc: Exception) -> JSONResponse:
 
 def _jokko(_request: Request, exc: Exception) -> JSONResponse:
     status: int = getattr(exc, "status", 422)
-    return problem(status, type(exc).__name__, str(exc), kind="jokko-error")
+    title: str = getattr(exc, "title", type(exc).__name__)
+    kind: str = getattr(exc, "kind", "jokko-error")
+    return problem(status, title, str(exc), kind=kind)
 
 
 CLIENT_GONE = 499

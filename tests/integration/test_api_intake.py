@@ -348,7 +348,11 @@ def test_no_name_nin_or_phone_in_any_error_body_or_log_line(
             c.post("/v1/events", json=wrong_region),
             c.post("/v1/events", json=malformed),
             c.post("/v1/events/batch", json=[wrong_region, malformed]),
-            c.post("/v1/events", content=json.dumps(wrong_region)[:-3].encode()),  # cut short
+            c.post(
+                "/v1/events",
+                content=json.dumps(wrong_region)[:-3].encode(),  # cut short
+                headers={"content-type": "application/json"},
+            ),
             c.post("/v1/msnas/webhook", json=[webhook]),
             c.post("/v1/msnas/csv/adhesions", content=f"{csv_line[0]}\n{bad_row}\n".encode()),
         ]

@@ -12,6 +12,7 @@ from schemas import (
     EVENT_CLASSES,
     Branch,
     ContributionPaid,
+    InvalidEvent,
     MemberEnrolled,
     ProviderAgreementSigned,
     Region,
@@ -47,12 +48,26 @@ def test_phone_is_stored_in_e164(written: str) -> None:
     assert event.payload.identity.phone == "+221771234567"
 
 
-def test_foreign_numbers_are_kept_in_e164() -> None:
+@pytest.mark.parametrize("written", ["+33 6 12 34 56 78", "0033612345678", "+223 76 12 34 56"])
+def test_foreign_numbers_are_refused_with_the_field_named(written: str) -> None:
     raw = example("member.enrolled")
-    raw["payload"]["identity"]["phone"] = "+33 6 12 34 56 78"
-    event = parse_event(raw)
-    assert isinstance(event, MemberEnrolled)
-    assert event.payload.identity.phone == "+33612345678"
+    raw["payload"]["identity"]["phone"] = written
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(raw)
+    assert [(e.loc, e.type) for e in caught.value.errors] == [
+        ("payload.identity.phone", "phone_not_senegalese")
+    ]
+    assert "33" not in str(caught.value)  # the value itself is never echoed
+
+
+def test_payer_and_witness_phones_follow_the_same_rule() -> None:
+    raw = example("contribution.paid")
+    raw["payload"]["payer_phone"] = "+33612345678"
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(raw)
+    assert [(e.loc, e.type) for e in caught.value.errors] == [
+        ("payload.payer_phone", "phone_not_senegalese")
+    ]
 
 
 @pytest.mark.parametrize("written", ["2751198801234", "2 751 1988 01234", "2-751-1988-01234"])

@@ -358,6 +358,13 @@ def test_schema_version_must_be_exactly_1(version: object) -> None:
     assert [e.loc for e in errors] == ["schema_version"]
 
 
+def test_schema_version_is_required_not_defaulted() -> None:
+    # Once a v2 exists, an event without a version must not be read as v1 by accident.
+    raw = example("contribution.paid")
+    del raw["schema_version"]
+    assert_only(raw, "schema_version", "missing")
+
+
 def test_event_id_must_be_a_uuid() -> None:
     raw = example("contribution.paid")
     raw["event_id"] = "pay-42"

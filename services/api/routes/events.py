@@ -2,27 +2,30 @@
 
 An event is accepted (202) only once it is on the canonical topic with ``acks=all``: from then
 on the router's guarantees hold. The body is validated against the canonical schema first, so
-a bad event is a field-level 422 and never reaches the topic.
+a bad event is a field-level 422 and never reaches the topic; an event id already known with
+other content is a 409 (``services.api.submissions``); a body that is not declared JSON is a
+415, never parsed.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
 from fastapi.responses import JSONResponse, Response
 from kafka.errors import KafkaError
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from starlette.concurrency import run_in_threadpool
 
 from router.canonical import publish_events
 from router.store import InboxRow, TrailRow
 from schemas import CanonicalEvent, InvalidEvent, parse_event
 from services.api import idempotency, pagination
-from services.api.deps import JokkoDep, ProducerDep, SessionDep
+from services.api.deps import JokkoDep, ProducerDep, SessionDep, require_json
 from services.api.problems import (
     PROBLEM_JSON,
     PROBLEM_RESPONSES,
@@ -31,8 +34,14 @@ from services.api.problems import (
     problem_responses,
 )
 from services.api.security import Principal, Scope, require
+from services.api.submissions import ConflictingEvent, Screening
 
-router = APIRouter(prefix="/v1/events", tags=["events"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/v1/events",
+    tags=["events"],
+    responses=PROBLEM_RESPONSES,
+)
+JSON_ONLY = [Depends(require_json)]
 
 MAX_BATCH = 1000
 
@@ -65,7 +74,7 @@ class Accepted(BaseModel):
 
 class ItemResult(BaseModel):
     index: int
-    status: Literal["accepted", "invalid"]
+    status: Literal["accepted", "invalid", "conflict"]
     event_id: str | None = None
     errors: list[FieldProblem] | None = None
 
@@ -73,7 +82,15 @@ class ItemResult(BaseModel):
 class BatchResult(BaseModel):
     accepted: int
     invalid: int
+    conflicts: int = 0
     items: list[ItemResult]
+
+
+CONFLICT_PROBLEM = FieldProblem(
+    loc="event_id",
+    code="conflicting_duplicate",
+    msg="already submitted with other content; the first one stands",
+)
 
 
 class TrailStep(BaseModel):
@@ -103,16 +120,20 @@ def _publish(producer: ProducerDep, topic: str, events: list[CanonicalEvent]) ->
         ) from exc
 
 
+Compute = Callable[[Connection | None], tuple[int, dict[str, Any]]]
+"""Works out a request's answer, on the idempotency connection when there is one."""
+
+
 def _idempotent(
     request_body: bytes,
     key: str | None,
     principal: Principal,
     jokko: JokkoDep,
-    compute: Any,
+    compute: Compute,
 ) -> Response:
     """Answer from the stored first answer for this key, or compute and store it."""
     if key is None:
-        status, payload = compute()
+        status, payload = compute(None)
         return JSONResponse(payload, status_code=status)
     idempotency.check_key(key)
     digest = idempotency.body_hash(request_body)
@@ -120,7 +141,7 @@ def _idempotent(
     with jokko.engine.connect() as conn:
         stored = idempotency.lookup(conn, principal.client_id, key, digest)
         if stored is None:
-            status, payload = compute()
+            status, payload = compute(conn)
             stored = idempotency.remember(
                 conn,
                 principal.client_id,
@@ -145,7 +166,12 @@ def _idempotent(
     response_model=Accepted,
     openapi_extra=EVENT_BODY,
     summary="Submit one canonical event",
-    responses=problem_responses(400, 409, 503),
+    description=(
+        "409 when the event id is already known (submitted or routed) with other content: "
+        "the first content stands; a correction is a new event with an id of its own."
+    ),
+    responses=problem_responses(400, 409, 415, 503),
+    dependencies=JSON_ONLY,
 )
 async def submit_event(
     request: Request,
@@ -157,13 +183,19 @@ async def submit_event(
     body = await request.body()
     events_in = request.app.state.metrics.events_in
 
-    def compute() -> tuple[int, dict[str, Any]]:
+    def compute(conn: Connection | None) -> tuple[int, dict[str, Any]]:
         try:
             event = parse_event(body)  # InvalidEvent → 422 with the fields
         except InvalidEvent:
             events_in.labels("invalid").inc()
             raise
+        screening = Screening([event])
+        screening.check(jokko.engine, conn)
+        if screening.conflicts:
+            events_in.labels("conflict").inc()
+            raise ConflictingEvent(str(event.event_id))
         [published] = _publish(producer, jokko.topics.canonical, [event])
+        screening.remember(jokko.engine, conn)
         events_in.labels("accepted").inc()
         return 202, Accepted(
             event_id=str(event.event_id),
@@ -182,8 +214,21 @@ async def submit_event(
     status_code=202,
     response_model=BatchResult,
     summary="Submit up to 1,000 events; each item gets its own result",
+    description=(
+        "202 when at least one item was accepted; otherwise 409 when some item's event id is "
+        "already known with other content (`conflict`), else 422."
+    ),
+    dependencies=JSON_ONLY,
     responses={
-        **problem_responses(400, 409, 503),
+        **problem_responses(400, 415, 503),
+        409: {
+            "description": "No item was accepted, some conflict: the per-item results "
+            "(or a problem, for a reused Idempotency-Key)",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}},
+                PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}},
+            },
+        },
         422: {
             "description": "No item was accepted: the per-item results (or a problem)",
             "content": {
@@ -237,26 +282,49 @@ def _submit_batch(
         raise HTTPException(400, f"the body must be a JSON array of 1 to {MAX_BATCH} events")
     events_in = request.app.state.metrics.events_in
 
-    def compute() -> tuple[int, dict[str, Any]]:
+    def compute(conn: Connection | None) -> tuple[int, dict[str, Any]]:
         results: list[ItemResult] = []
-        good: list[CanonicalEvent] = []
+        valid: list[tuple[int, CanonicalEvent]] = []
         for i, item in enumerate(items):
             try:
-                event = parse_event(item)
+                valid.append((i, parse_event(item)))
             except InvalidEvent as exc:
                 results.append(
                     ItemResult(index=i, status="invalid", errors=field_problems(exc.errors, ""))
                 )
-                continue
-            good.append(event)
-            results.append(ItemResult(index=i, status="accepted", event_id=str(event.event_id)))
+        screening = Screening([e for _, e in valid])
+        if valid:
+            screening.check(jokko.engine, conn)
+        for n, (i, event) in enumerate(valid):
+            if n in screening.conflicts:
+                results.append(
+                    ItemResult(
+                        index=i,
+                        status="conflict",
+                        event_id=str(event.event_id),
+                        errors=[CONFLICT_PROBLEM],
+                    )
+                )
+            else:
+                results.append(ItemResult(index=i, status="accepted", event_id=str(event.event_id)))
+        results.sort(key=lambda r: r.index)
+        good = screening.accepted
         if good:
             _publish(producer, jokko.topics.canonical, good)
+            screening.remember(jokko.engine, conn)
             events_in.labels("accepted").inc(len(good))
-        if len(items) > len(good):
-            events_in.labels("invalid").inc(len(items) - len(good))
-        result = BatchResult(accepted=len(good), invalid=len(items) - len(good), items=results)
-        return (202 if good else 422), result.model_dump(exclude_none=True)
+        if screening.conflicts:
+            events_in.labels("conflict").inc(len(screening.conflicts))
+        if len(items) > len(valid):
+            events_in.labels("invalid").inc(len(items) - len(valid))
+        result = BatchResult(
+            accepted=len(good),
+            invalid=len(items) - len(valid),
+            conflicts=len(screening.conflicts),
+            items=results,
+        )
+        status = 202 if good else 409 if screening.conflicts else 422
+        return status, result.model_dump(exclude_none=True)
 
     return _idempotent(body, idempotency_key, principal, jokko, compute)
 

@@ -77,6 +77,12 @@ class _StoreCollector(Collector):
         dead = GaugeMetricFamily(
             "jokko_dead_letters_open", "Dead letters neither replayed nor discarded."
         )
+        dead_by_reason = GaugeMetricFamily(
+            "jokko_dead_letters_open_by_reason",
+            "Open dead letters by source and reason (conflicting_duplicate: the same event id "
+            "came again with other content).",
+            labels=["source", "reason"],
+        )
         try:
             with Session(self._jokko.engine) as s:
                 for inst, state, n, _attempts in s.execute(
@@ -98,23 +104,23 @@ class _StoreCollector(Collector):
                 )
                 for inst, n in extra:
                     retries.add_metric([inst], n)
-                dead.add_metric(
-                    [],
-                    s.scalar(
-                        select(func.count())
-                        .select_from(DeadLetterRow)
-                        .where(
-                            DeadLetterRow.replayed_at.is_(None),
-                            DeadLetterRow.discarded_at.is_(None),
-                        )
+                open_letters = s.execute(
+                    select(DeadLetterRow.source, DeadLetterRow.reason, func.count())
+                    .where(
+                        DeadLetterRow.replayed_at.is_(None),
+                        DeadLetterRow.discarded_at.is_(None),
                     )
-                    or 0,
-                )
+                    .group_by(DeadLetterRow.source, DeadLetterRow.reason)
+                ).all()
+                for source, reason, n in open_letters:
+                    dead_by_reason.add_metric([source, reason], n)
+                dead.add_metric([], sum(n for _, _, n in open_letters))
         except SQLAlchemyError as exc:
             log.warning("metrics: store unavailable: %s", type(exc).__name__)
         yield deliveries
         yield retries
         yield dead
+        yield dead_by_reason
         lag = GaugeMetricFamily("jokko_router_consumer_lag", "Canonical records not yet routed.")
         value = router_lag(self._jokko)
         if value is not None:

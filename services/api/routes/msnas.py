@@ -9,16 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from adapters.msnas import CSV_KINDS, parse_csv, parse_webhook
 from adapters.msnas.report import ImportReport
-from services.api.deps import JokkoDep, ProducerDep
+from services.api.deps import JokkoDep, ProducerDep, require_json
 from services.api.problems import PROBLEM_RESPONSES, problem_responses
-from services.api.routes.events import _publish
+from services.api.routes.events import CONFLICT_PROBLEM, _publish
 from services.api.security import Principal, Scope, require
+from services.api.submissions import Screening
 
 router = APIRouter(prefix="/v1/msnas", tags=["msnas"], responses=PROBLEM_RESPONSES)
 
@@ -40,18 +41,38 @@ class ImportResult(BaseModel):
 def _submit(
     request: Request, parse: Callable[[], ImportReport], jokko: JokkoDep, producer: ProducerDep
 ) -> ImportResult:
-    """Parse and publish; blocking (CPU, then the acks=all wait), so run in the threadpool."""
+    """Parse and publish; blocking (CPU, then the acks=all wait), so run in the threadpool.
+
+    A record whose id_fiche was already sent with other content is refused at its row: the
+    mutual's correction is a new record (modification, annulation), never a rewrite."""
     report = parse()
+    screening = Screening(report.events)
     if report.events:
-        _publish(producer, jokko.topics.canonical, list(report.events))
-        request.app.state.metrics.events_in.labels("accepted").inc(len(report.events))
+        screening.check(jokko.engine)
+    good = screening.accepted
+    events_in = request.app.state.metrics.events_in
+    if good:
+        _publish(producer, jokko.topics.canonical, good)
+        screening.remember(jokko.engine)
+        events_in.labels("accepted").inc(len(good))
+    if screening.conflicts:
+        events_in.labels("conflict").inc(len(screening.conflicts))
+    errors = [
+        RowProblem(row=e.row, field=e.field, code=e.type, msg=e.message) for e in report.errors
+    ] + [
+        RowProblem(
+            row=report.rows[i],
+            field="id_fiche",
+            code=CONFLICT_PROBLEM.code,
+            msg=CONFLICT_PROBLEM.msg,
+        )
+        for i in sorted(screening.conflicts)
+    ]
     return ImportResult(
-        accepted=len(report.events),
-        rejected_rows=len({e.row for e in report.errors}),
-        event_ids=[str(e.event_id) for e in report.events],
-        errors=[
-            RowProblem(row=e.row, field=e.field, code=e.type, msg=e.message) for e in report.errors
-        ],
+        accepted=len(good),
+        rejected_rows=len({e.row for e in errors}),
+        event_ids=[str(e.event_id) for e in good],
+        errors=sorted(errors, key=lambda e: e.row),
     )
 
 
@@ -60,7 +81,8 @@ def _submit(
     response_model=ImportResult,
     status_code=202,
     summary="Records from the mobile agents (one object or a list)",
-    responses=problem_responses(503),
+    responses=problem_responses(415, 503),
+    dependencies=[Depends(require_json)],
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}
     },
