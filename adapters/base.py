@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 from uuid import UUID
@@ -124,6 +125,9 @@ class Ack:
     """The institution's own identifier for what it stored (FHIR id, CSS file number...)."""
     adjudication: ClaimAdjudicatedPayload | None = None
     """CMU's decision on a claim, which flows back to the mutual as ``claim.adjudicated``."""
+    decided_at: datetime | None = None
+    """When the institution decided, as its answer says (FHIR ``ClaimResponse.created``): the
+    decision's event then has the same content however often the answer is read."""
 
 
 class WireFormatError(JokkoError):

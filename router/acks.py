@@ -70,16 +70,28 @@ class AckReport:
         return self
 
 
+Decision = tuple[OutboxRow, ClaimAdjudicatedPayload, datetime | None]
+"""The answered row, CMU's decision on it, and when CMU decided (if its answer says)."""
+
+
 def _adjudication_event(
-    payload: ClaimAdjudicatedPayload, row: OutboxRow, region: str | None, now: datetime
+    payload: ClaimAdjudicatedPayload,
+    row: OutboxRow,
+    region: str | None,
+    decided_at: datetime | None,
+    now: datetime,
 ) -> ClaimAdjudicated:
     """The event id comes from the answered message, not the answer: CMU's decision read from
-    the ack topic, an ack file, the API or the HTTP answer, once or five times, is one event."""
+    the ack topic, an ack file, the API or the HTTP answer, once or five times, is one event.
+    Its content must be the same each time too, or the router would take a second reading
+    for a conflict: it occurred when CMU decided, not when Jokko read the answer (which is
+    only ``recorded_at``, outside the content digest)."""
+    occurred = min(decided_at, now) if decided_at is not None else now
     mutual, code = row.member_id.split("-")[:2]
     return ClaimAdjudicated(
         event_id=uuid.uuid5(_ADJUDICATION_NS, f"{row.institution}:{row.message_id}"),
         schema_version=SCHEMA_VERSION,
-        occurred_at=now,
+        occurred_at=occurred,
         recorded_at=now,
         source=Source(mutual=mutual, region=Region(region or f"SN-{code}"), agent_id="jokko-acks"),
         member_id=row.member_id,
@@ -101,17 +113,17 @@ def _regions(session: Session, members: Iterable[str]) -> dict[str, str]:
 
 def adjudication_events(
     session: Session,
-    decided: Sequence[tuple[OutboxRow, ClaimAdjudicatedPayload]],
+    decided: Sequence[Decision],
     now: datetime,
 ) -> list[ClaimAdjudicated]:
     """CMU's decisions on the rows they answer, as canonical events (for the HTTP path, whose
     answers the delivery worker records itself)."""
     if not decided:
         return []
-    regions = _regions(session, (row.member_id for row, _ in decided))
+    regions = _regions(session, (row.member_id for row, _, _ in decided))
     return [
-        _adjudication_event(payload, row, regions.get(row.member_id), now)
-        for row, payload in decided
+        _adjudication_event(payload, row, regions.get(row.member_id), decided_at, now)
+        for row, payload, decided_at in decided
     ]
 
 
@@ -198,7 +210,9 @@ def apply_acks(
                 anomaly(ack, f"ack_while_{state}", "applied")
             if ack.adjudication is not None:
                 report.adjudications.append(
-                    _adjudication_event(ack.adjudication, row, regions.get(row.member_id), now)
+                    _adjudication_event(
+                        ack.adjudication, row, regions.get(row.member_id), ack.decided_at, now
+                    )
                 )
             current[row.message_id] = (target, ack.reason_code)
             updates[target].append(

@@ -53,6 +53,7 @@ def delivery_of(ack: Ack, batch_ref: str | None = None) -> Delivery:
         institution_ref=ack.institution_ref,
         batch_ref=batch_ref,
         adjudication=ack.adjudication,
+        decided_at=ack.decided_at,
     )
 
 
@@ -223,8 +224,14 @@ class HttpChannel:
             )
         # The first answer about the message decides its state; a decision may come beside
         # it (a batch-response with the transaction-response and a ClaimResponse).
-        decision = next((a.adjudication for a in acks if a.adjudication is not None), None)
-        return replace(delivery_of(acks[0]), adjudication=decision)
+        decision = next((a for a in acks if a.adjudication is not None), None)
+        if decision is None:
+            return delivery_of(acks[0])
+        return replace(
+            delivery_of(acks[0]),
+            adjudication=decision.adjudication,
+            decided_at=decision.decided_at,
+        )
 
     def close(self) -> None:
         self._pool.shutdown()

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from adapters.base import Institution
-from router.acks import DecisionsUnpublished, adjudication_events
+from router.acks import Decision, DecisionsUnpublished, adjudication_events
 from router.bulk import TRAIL, TRAIL_COLUMNS, copy_rows, update_rows
 from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, utcnow
 from schemas import ClaimAdjudicated
@@ -103,6 +103,8 @@ class Delivery:
     batch_ref: str | None = None
     adjudication: ClaimAdjudicatedPayload | None = None
     """CMU's decision, when its answer carried one (HTTP push): a ``claim.adjudicated``."""
+    decided_at: datetime | None = None
+    """When CMU decided, from its answer (``Ack.decided_at``)."""
 
 
 class ChannelUnavailable(JokkoError):
@@ -297,7 +299,7 @@ class DeliveryWorker:
         ones' (the API reads a trail in id order)."""
         now = self._clock()
         by_id = {d.message_id: d for d in reports}
-        decided: list[tuple[OutboxRow, ClaimAdjudicatedPayload]] = []
+        decided: list[Decision] = []
         updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
         dead: list[dict[str, Any]] = []
         failed_trail: list[tuple[Any, ...]] = []
@@ -351,7 +353,7 @@ class DeliveryWorker:
                 continue
             acked = d.result in (Result.ACCEPTED, Result.REJECTED)
             if acked and d.adjudication is not None:
-                decided.append((row, d.adjudication))
+                decided.append((row, d.adjudication, d.decided_at))
             updates[d.result.value].append(
                 {
                     "id": row.id,
@@ -396,7 +398,7 @@ class DeliveryWorker:
     def _publish_decisions(
         self,
         session: Session,
-        decided: Sequence[tuple[OutboxRow, ClaimAdjudicatedPayload]],
+        decided: Sequence[Decision],
         now: datetime,
     ) -> None:
         if not decided:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
@@ -141,7 +142,20 @@ def _claim_response(response: dict[str, Any], loc: str) -> Ack:
         AckStatus.ACCEPTED,
         institution_ref=ref,
         adjudication=_adjudication(response, loc),
+        decided_at=_created(response),
     )
+
+
+def _created(response: dict[str, Any]) -> datetime | None:
+    """``ClaimResponse.created`` (a FHIR dateTime, UTC when it gives no offset), if readable."""
+    created = response.get("created")
+    if not isinstance(created, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(created)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=moment.tzinfo or UTC).astimezone(UTC)
 
 
 def _first_identifier_value(resource: dict[str, Any]) -> str | None:

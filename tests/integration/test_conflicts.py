@@ -8,17 +8,21 @@ value (amount, NIN, phone) in the reason; a true redelivery stays a no-op.
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from router.acks import adjudication_events
 from router.processing import CONFLICTING_DUPLICATE, Outcome, Processor, RawRecord
 from router.registry import outbound_adapters
 from router.replay import replay
 from router.store import DeadLetterRow, InboxRow, OutboxRow, Stage, TrailRow
+from schemas import ClaimAdjudicatedPayload, dump_event
 from schemas.examples import raw_examples
 
 pytestmark = pytest.mark.integration
@@ -147,3 +151,31 @@ def test_replaying_a_conflict_does_not_apply_it(store: Engine) -> None:
     assert effects(store) == before
     [still] = conflicts(store)
     assert still.replayed_at is None, "the letter stays open for the operator"
+
+
+def test_a_cmu_decision_read_twice_is_one_content(store: Engine) -> None:
+    """Jokko makes events too: CMU's decision, re-read after its first publication could not
+    be confirmed, must not look like a conflict to the router."""
+    doc = next(e for e in raw_examples() if e["event_type"] == "claim.adjudicated")
+    payload = ClaimAdjudicatedPayload.model_validate_json(json.dumps(doc["payload"]))
+    decided = datetime(2026, 3, 20, 9, tzinfo=UTC)
+    row = OutboxRow(
+        message_id=str(uuid.uuid4()),
+        event_id=str(uuid.uuid4()),
+        institution="cmu",
+        member_id=doc["member_id"],
+    )
+    with Session(store) as s:
+        [read_once] = adjudication_events(s, [(row, payload, decided)], datetime.now(UTC))
+        time.sleep(0.01)
+        [read_again] = adjudication_events(s, [(row, payload, decided)], datetime.now(UTC))
+    assert read_once.event_id == read_again.event_id
+    assert read_once.recorded_at != read_again.recorded_at
+    assert read_once.occurred_at == decided
+    processor = Processor(store, outbound_adapters())
+    copies = [
+        RawRecord("canonical", 0, n, dump_event(e)) for n, e in enumerate([read_once, read_again])
+    ]
+    assert processor.process_batch(copies[:1]) == [Outcome.ROUTED]
+    assert processor.process_batch(copies[1:]) == [Outcome.DUPLICATE]
+    assert conflicts(store) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -126,6 +127,21 @@ def test_approved_claim_response() -> None:
     assert ack.adjudication.outcome == ClaimOutcome.APPROVED
     assert ack.adjudication.adjudicator == "CMU"
     assert ack.adjudication.claim_id == "CLM-2026-000451"
+
+
+@pytest.mark.parametrize(
+    ("created", "expected"),
+    [
+        ("2026-03-20T09:00:00Z", datetime(2026, 3, 20, 9, tzinfo=UTC)),
+        ("2026-03-20T10:30:00+01:00", datetime(2026, 3, 20, 9, 30, tzinfo=UTC)),
+        ("2026-03-20", datetime(2026, 3, 20, tzinfo=UTC)),
+    ],
+)
+def test_claim_response_says_when_cmu_decided(created: str, expected: datetime) -> None:
+    # The decision's canonical event occurs then, so reading the answer twice gives one
+    # content (issue 17: a second content under the same event id would be a conflict).
+    [ack] = parse_ack(raw(claim_response(9350, 9350, created=created)))
+    assert ack.decided_at == expected
 
 
 def test_partial_claim_response_carries_reasons() -> None:
