@@ -21,7 +21,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
@@ -35,7 +35,9 @@ from tenacity import RetryCallState, wait_exponential_jitter
 from adapters.base import Institution
 from router.acks import Decision, DecisionsUnpublished, adjudication_events
 from router.bulk import TRAIL, TRAIL_COLUMNS, copy_rows, update_rows
+from router.sealing import member_keys, open_body
 from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, utcnow
+from router.vault import SealError, Vault
 from schemas import ClaimAdjudicated
 from schemas.errors import JokkoError
 from schemas.payloads import ClaimAdjudicatedPayload
@@ -183,8 +185,10 @@ class DeliveryWorker:
         batch_size: int = 500,
         clock: Callable[[], datetime] = utcnow,
         decisions: Callable[[Sequence[ClaimAdjudicated]], None] | None = None,
+        vault: Vault | None = None,
     ) -> None:
         self._engine = engine
+        self._vault = vault
         # Called inside the claim's transaction, before it commits: decisions that cannot be
         # published (``DecisionsUnpublished``) roll the answers back, the rows are sent again
         # and the partner, which applies a message once, gives the same decision again.
@@ -226,7 +230,7 @@ class DeliveryWorker:
             if self.breaker.current_state != pybreaker.STATE_CLOSED:
                 rows = rows[:1]  # a probe, not a flood, while the partner is in doubt
             try:
-                reports = self._call(rows)
+                reports = self._call(session, rows)
             except pybreaker.CircuitBreakerError:
                 if not self._called:
                     return 0  # open: nothing was tried, the claim is released unchanged
@@ -262,25 +266,52 @@ class DeliveryWorker:
         ).all()
         return _in_order(claimed, [(p[0], p[1], p[2]) for p in pending])
 
-    def _call(self, rows: Sequence[OutboxRow]) -> list[Delivery]:
+    def _open(
+        self, session: Session, rows: Sequence[OutboxRow]
+    ) -> tuple[list[Parcel], dict[str, Delivery]]:
+        """The rows as parcels with their bodies in clear; a body that cannot be opened (the
+        member erased, the bytes altered) is never sent: its row is undeliverable."""
+        deks: dict[str, bytes | None] = {}
+        if self._vault is not None:
+            deks = member_keys(session.connection(), self._vault, {r.member_id for r in rows})
+        parcels, refused = [], {}
+        for r in rows:
+            try:
+                body = open_body(self._vault, deks, r.member_id, r.message_id, r.body)
+            except SealError as exc:
+                refused[r.message_id] = Delivery(
+                    r.message_id, Result.UNDELIVERABLE, "unreadable", str(exc)
+                )
+                continue
+            parcels.append(replace(Parcel.of(r), body=body))
+        return parcels, refused
+
+    def _call(self, session: Session, rows: Sequence[OutboxRow]) -> list[Delivery]:
         self._called = False
+        parcels, refused = self._open(session, rows)
+        if not parcels:
+            return [refused[r.message_id] for r in rows]
 
         def attempt() -> list[Delivery]:
             self._called = True
-            self.attempted += len(rows)
-            reports = self._channel.deliver([Parcel.of(r) for r in rows])
-            if len(reports) != len(rows):
+            self.attempted += len(parcels)
+            reports = self._channel.deliver(parcels)
+            if len(reports) != len(parcels):
                 raise ChannelUnavailable(
-                    f"{self._channel.name} answered {len(reports)} of {len(rows)} messages"
+                    f"{self._channel.name} answered {len(reports)} of {len(parcels)} messages"
                 )
             if all(d.result == Result.FAILED for d in reports):
                 raise _BatchFailed(reports)
             return reports
 
         try:
-            return self.breaker.call(attempt)
+            sent = self.breaker.call(attempt)
         except _BatchFailed as exc:
-            return exc.reports
+            sent = exc.reports
+        if not refused:
+            return sent
+        answered = iter(sent)
+        return [refused.get(r.message_id) or next(answered) for r in rows]
 
     @staticmethod
     def _all_failed(rows: Sequence[OutboxRow], why: str) -> list[Delivery]:
@@ -389,6 +420,7 @@ class DeliveryWorker:
             "detail": d.reason_text or reason,
             "event_id": row.event_id,
             "message_id": row.message_id,
+            "member_id": row.member_id,
             "institution": row.institution,
             "original": row.body,
             "attempts": attempts,

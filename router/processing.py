@@ -12,7 +12,7 @@ and the differing fields, never their values.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -30,6 +30,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    insert,
     select,
     text,
     update,
@@ -45,16 +46,20 @@ from adapters.base import (
     profile_after,
 )
 from router.bulk import TRAIL, TRAIL_COLUMNS, Columns, copy_rows
+from router.identity import Owner, claim_identities
 from router.routing import MemberUnknown, destinations
+from router.sealing import DEAD_LETTER_AAD, writable_keys
 from router.store import (
     DeadLetterRow,
     DeliveryState,
     InboxRow,
+    MemberDuplicateRow,
     MemberProfileRow,
     OutboxRow,
     Stage,
     utcnow,
 )
+from router.vault import Vault
 from schemas import Branch, CanonicalEvent, InvalidEvent, MemberEnrolled, MemberUpdated, parse_event
 from schemas.errors import JokkoError
 from schemas.fingerprint import Fingerprint, differing_fields, fingerprint, read_fields
@@ -64,6 +69,7 @@ INBOX: Table = InboxRow.__table__  # type: ignore[assignment]
 OUTBOX: Table = OutboxRow.__table__  # type: ignore[assignment]
 PROFILE: Table = MemberProfileRow.__table__  # type: ignore[assignment]
 DEAD: Table = DeadLetterRow.__table__  # type: ignore[assignment]
+DUPLICATES: Table = MemberDuplicateRow.__table__  # type: ignore[assignment]
 
 # Column, PostgreSQL type, for COPY (``router.bulk.Columns``).
 OUTBOX_COLUMNS: Columns = (
@@ -115,6 +121,7 @@ _PG_SEQS = text(
 )
 _PENDING = DeliveryState.PENDING.value
 _RECEIVED, _ROUTED, _QUEUED = Stage.RECEIVED.value, Stage.ROUTED.value, Stage.QUEUED.value
+_DUPLICATE_MEMBER = Stage.DUPLICATE_MEMBER.value
 CONFLICTING_DUPLICATE = "conflicting_duplicate"
 """Dead-letter reason: the same ``event_id`` with other content than the copy applied."""
 
@@ -150,6 +157,47 @@ def _profile_from_row(row: Any) -> MemberProfile:
     )
 
 
+class MemberErased(JokkoError):
+    """The member's personal data was erased: nothing more is sent about them."""
+
+
+class DuplicateMember(JokkoError):
+    """The NIN is already enrolled under another member id, and the policy is to hold."""
+
+
+class DuplicatePolicy(StrEnum):
+    FLAG = "flag"
+    """Route the second enrolment, and flag it (``member_duplicate``, a trail step)."""
+    HOLD = "hold"
+    """Route nothing: the second enrolment is a dead letter (``duplicate_member``) until an
+    operator decides (replay once the other id is closed, or discard)."""
+
+
+_REASONS: dict[type[JokkoError], str] = {
+    MemberUnknown: "member_unknown",
+    MemberErased: "member_erased",
+    DuplicateMember: "duplicate_member",
+}
+
+
+def _duplicate_detail(owner: Owner) -> str:
+    return f"NIN already enrolled as {owner[0]} ({owner[1]})"
+
+
+def _duplicate_row(
+    event: CanonicalEvent, owner: Owner, action: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "event_id": str(event.event_id),
+        "member_id": event.member_id,
+        "other_member_id": owner[0],
+        "mutual": event.source.mutual,
+        "other_mutual": owner[1],
+        "action": action,
+        "created_at": now,
+    }
+
+
 class Processor:
     """Turns canonical records into outbox rows, exactly once per ``event_id``.
 
@@ -165,9 +213,20 @@ class Processor:
     before anything else is written.
     """
 
-    def __init__(self, engine: Engine, adapters: Mapping[Institution, OutboundAdapter]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        adapters: Mapping[Institution, OutboundAdapter],
+        vault: Vault | None = None,
+        duplicate_policy: DuplicatePolicy = DuplicatePolicy.FLAG,
+    ) -> None:
+        """``vault`` None stores bodies in clear and finds no duplicate member (it holds the
+        NIN-token keys): only for tests of other concerns; every process built by
+        ``services.bootstrap`` has one."""
         self._engine = engine
         self._adapters = adapters
+        self._vault = vault
+        self._hold_duplicates = duplicate_policy is DuplicatePolicy.HOLD
         self._postgres = engine.dialect.name == "postgresql"
         insert_ = pg_insert if self._postgres else sqlite_insert
         # Statements built once: executemany with them hits SQLAlchemy's compiled cache.
@@ -207,6 +266,10 @@ class Processor:
             .group_by(OUTBOX.c.institution, OUTBOX.c.member_id)
         )
 
+    @property
+    def vault(self) -> Vault | None:
+        return self._vault
+
     def process(self, record: RawRecord) -> Outcome:
         return self.process_batch([record])[0]
 
@@ -228,7 +291,15 @@ class Processor:
                 repeats.append(item)
         with self._engine.begin() as conn:
             if first:
-                known = self._known(conn, {e.member_id for _, _, e, _ in first.values()})
+                members = {e.member_id for _, _, e, _ in first.values()}
+                known = self._known(conn, members)
+                if self._vault is not None:
+                    known.seal = _sealer(self._vault, writable_keys(conn, self._vault, members))
+                    enrolments = [
+                        e for _, _, e, _ in first.values() if isinstance(e, MemberEnrolled)
+                    ]
+                    known.duplicates = claim_identities(conn, self._vault, enrolments)
+                    known.hold_duplicates = self._hold_duplicates
                 plan = _Plan(known, first.values(), self._adapters)
                 inserted = self._claim(conn, plan.inbox_rows())
                 if len(inserted) < len(first):  # duplicates: route the new events alone
@@ -242,11 +313,16 @@ class Processor:
                     trail.append(step)
                     outcomes[i] = Outcome.CONFLICT
                 for i, record, _, err in plan.failed:  # unknown member, untranslatable: never
-                    reason = (
-                        "member_unknown" if isinstance(err, MemberUnknown) else type(err).__name__
-                    )
-                    dead.append(_dead_row(record, err, reason))
+                    reason = _REASONS.get(type(err), type(err).__name__)
+                    dead.append(_dead_row(record, err, reason, event=event))
                     outcomes[i] = Outcome.DEAD_LETTERED
+                duplicates = plan.duplicates + [
+                    _duplicate_row(e, plan.known.duplicates[str(e.event_id)], "held", plan.now)
+                    for _, _, e, err in plan.failed
+                    if isinstance(err, DuplicateMember)
+                ]
+                if duplicates:
+                    conn.execute(insert(DUPLICATES), duplicates)
                 if plan.failed:  # nothing half-done: their inbox rows go with the rest
                     failed_ids = [str(e.event_id) for _, _, e, _ in plan.failed]
                     conn.execute(delete(INBOX).where(INBOX.c.event_id.in_(failed_ids)))
@@ -257,6 +333,9 @@ class Processor:
                 copy_rows(conn, OUTBOX.name, OUTBOX_COLUMNS, plan.outbox)
                 copy_rows(conn, TRAIL.name, TRAIL_COLUMNS, plan.trail + trail)
             if dead:
+                if self._vault is not None:  # the record may hold a whole identity
+                    for d in dead:
+                        d["original"] = self._vault.seal(d["original"], DEAD_LETTER_AAD)
                 conn.execute(self._dead_stmt, dead)
         return outcomes
 
@@ -290,8 +369,7 @@ class Processor:
             if digest == fp.digest:
                 continue
             detail = _conflict_detail(eid, digest, fp, differing_fields(fields, fp.fields))
-            dead_letter = _dead_row(record, None, CONFLICTING_DUPLICATE, detail=detail)
-            dead_letter["event_id"] = eid
+            dead_letter = _dead_row(record, None, CONFLICTING_DUPLICATE, detail=detail, event=event)
             yield i, dead_letter, (eid, Stage.CONFLICT.value, None, None, detail, now)
 
     def _known(self, conn: Connection, members: set[str]) -> _Known:
@@ -314,6 +392,24 @@ class Processor:
         return {eid for (eid,) in conn.exec_driver_sql(_PG_CLAIM)}
 
 
+Seal = Callable[[str, str, bytes], bytes]
+"""(member id, message id, body) -> what the outbox keeps."""
+
+
+def _clear(_member: str, _message: str, body: bytes) -> bytes:
+    return body
+
+
+def _sealer(vault: Vault, deks: Mapping[str, bytes | None]) -> Seal:
+    def seal(member: str, message: str, body: bytes) -> bytes:
+        dek = deks.get(member)
+        if dek is None:
+            raise MemberErased(f"{member}: personal data erased, nothing is sent")
+        return vault.seal_for_member(dek, body, message.encode())
+
+    return seal
+
+
 class _Known:
     """What the store holds, as the transaction starts, about the batch's members."""
 
@@ -322,6 +418,10 @@ class _Known:
     ) -> None:
         self.profiles = profiles
         self.seqs = seqs
+        self.seal: Seal = _clear
+        self.duplicates: dict[str, Owner] = {}
+        """Enrolments (by event id) whose NIN another member holds."""
+        self.hold_duplicates = False
 
 
 class _Plan:
@@ -336,6 +436,9 @@ class _Plan:
         adapters: Mapping[Institution, OutboundAdapter],
     ) -> None:
         self.items = list(items)
+        self.known = known
+        self._seal = known.seal
+        self.duplicates: list[dict[str, Any]] = []
         self.profiles = dict(known.profiles)
         self.seqs = dict(known.seqs)
         self.changed: set[str] = set()
@@ -356,9 +459,13 @@ class _Plan:
 
     def _add(self, event: CanonicalEvent, adapters: Mapping[Institution, OutboundAdapter]) -> None:
         """Route and translate one event; raises before changing anything if it cannot."""
+        owner = self.known.duplicates.get(str(event.event_id))
+        if owner is not None and self.known.hold_duplicates:
+            raise DuplicateMember(_duplicate_detail(owner) + "; held for an operator")
         profile = profile_after(self.profiles.get(event.member_id), event)
         targets = destinations(event, profile)
         messages = [m for inst in targets for m in adapters[inst].translate(event, profile)]
+        bodies = [self._seal(m.member_id, m.message_id, m.body) for m in messages]
         if profile is not None and isinstance(event, MemberEnrolled | MemberUpdated):
             self.profiles[event.member_id] = profile
             self.changed.add(event.member_id)
@@ -366,8 +473,11 @@ class _Plan:
         routed = self.routes[event_id] = ",".join(t.value for t in targets)
         trail = self.trail
         trail.append((event_id, _RECEIVED, None, None, None, now))
+        if owner is not None:
+            trail.append((event_id, _DUPLICATE_MEMBER, None, None, _duplicate_detail(owner), now))
+            self.duplicates.append(_duplicate_row(event, owner, "flagged", now))
         trail.append((event_id, _ROUTED, None, None, routed, now))
-        for m in messages:
+        for m, body in zip(messages, bodies, strict=True):
             inst = m.institution.value
             key = (inst, m.member_id)
             seq = self.seqs[key] = self.seqs.get(key, 0) + 1
@@ -381,7 +491,7 @@ class _Plan:
                     m.kind,
                     m.content_type,
                     m.format_version,
-                    m.body,
+                    body,
                     _PENDING,
                     0,
                     now,
@@ -449,13 +559,19 @@ def _conflict_detail(event_id: str, applied: str, copy: Fingerprint, fields: lis
 
 
 def _dead_row(
-    record: RawRecord, exc: JokkoError | None, reason: str, *, detail: str = ""
+    record: RawRecord,
+    exc: JokkoError | None,
+    reason: str,
+    *,
+    detail: str = "",
+    event: CanonicalEvent | None = None,
 ) -> dict[str, Any]:
     return {
         "source": "canonical",
         "reason": reason,
         "detail": detail or str(exc),
-        "event_id": None,
+        "event_id": str(event.event_id) if event is not None else None,
+        "member_id": event.member_id if event is not None else None,
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,

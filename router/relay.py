@@ -36,6 +36,7 @@ from router.delivery import (
 )
 from router.store import DeadLetterRow, DeliveryState, OutboxRow, utcnow
 from router.topics import Topics
+from router.vault import Vault
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,7 @@ class Relay:
         policy: RetryPolicy | None = None,
         channels: Mapping[Institution, Channel] | None = None,
         intake: Sequence[AckIntake] = (),
+        vault: Vault | None = None,
     ) -> None:
         self._producer = producer
         self.intake = list(intake)
@@ -199,7 +201,7 @@ class Relay:
         decisions = DecisionPublisher(producer, topics.canonical)  # CMU's, in HTTP answers
         self.workers = {
             inst: DeliveryWorker(
-                engine, ch, policy=policy, batch_size=batch_size, decisions=decisions
+                engine, ch, policy=policy, batch_size=batch_size, decisions=decisions, vault=vault
             )
             for inst, ch in chosen.items()
         }

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from router.processing import Outcome, Processor, RawRecord
+from router.sealing import open_original
 from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, TrailRow, utcnow
 
 
@@ -30,9 +31,10 @@ def replay(engine: Engine, processor: Processor, dead_letter_ids: Iterable[int])
             if row.source.startswith("delivery"):
                 results[dl_id] = _redeliver(session, row)
                 continue
-            record = RawRecord(
-                row.topic or "replay", row.partition or 0, row.offset or 0, row.original
-            )
+            original = row.original
+            if processor.vault is not None:
+                original = open_original(session.connection(), processor.vault, row)
+            record = RawRecord(row.topic or "replay", row.partition or 0, row.offset or 0, original)
         outcome = processor.process(record)
         if outcome in (Outcome.ROUTED, Outcome.DUPLICATE):
             with Session(engine) as session, session.begin():

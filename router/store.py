@@ -66,6 +66,8 @@ class Stage(StrEnum):
     REJECTED = "rejected"
     DEAD = "dead"
     DUPLICATE = "duplicate"
+    DUPLICATE_MEMBER = "duplicate_member"
+    """The NIN was already enrolled under another member id (``member_duplicate``)."""
     CONFLICT = "conflict"
     """The same event id came again with other content; that copy is a dead letter."""
     RETRYING = "retrying"
@@ -105,6 +107,61 @@ class SubmittedEventRow(Base):
     event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     content_digest: Mapped[str] = mapped_column(String(64))
     submitted_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class MemberKeyRow(Base):
+    """A member's own data key, wrapped under a keyring key (``router.vault``). Erasure sets
+    ``wrapped_dek`` to null: every body sealed under it is unreadable from then on."""
+
+    __tablename__ = "member_key"
+
+    member_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kek_id: Mapped[str] = mapped_column(String(64))
+    wrapped_dek: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    erased_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    erasure_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class MemberIdentityRow(Base):
+    """A member's NIN, as a keyed token only: to find a second enrolment of the same person."""
+
+    __tablename__ = "member_identity"
+
+    token: Mapped[str] = mapped_column(String(100), primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(64), index=True)
+    mutual: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class MemberDuplicateRow(Base):
+    """An enrolment whose NIN was already enrolled under another member id: never a silent
+    second affiliation. ``action``: ``flagged`` (routed, to review) or ``held`` (a dead
+    letter until an operator decides)."""
+
+    __tablename__ = "member_duplicate"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36), index=True)
+    member_id: Mapped[str] = mapped_column(String(64), index=True)
+    other_member_id: Mapped[str] = mapped_column(String(64))
+    mutual: Mapped[str] = mapped_column(String(16))
+    other_mutual: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    reviewed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class KeyCheckRow(Base):
+    """A value sealed under each keyring key the store has used: a process whose keyring
+    lacks one refuses to start instead of writing what the others cannot read."""
+
+    __tablename__ = "key_check"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    proof: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class MemberProfileRow(Base):
@@ -182,6 +239,8 @@ class DeadLetterRow(Base):
     detail: Mapped[str] = mapped_column(Text)
     event_id: Mapped[str | None] = mapped_column(String(36), index=True)
     message_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    member_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    """Whose data the original holds, when known: erasure finds their letters by it."""
     institution: Mapped[str | None] = mapped_column(String(16))
     topic: Mapped[str | None] = mapped_column(String(249))
     partition: Mapped[int | None] = mapped_column(Integer)

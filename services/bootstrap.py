@@ -10,10 +10,13 @@ import signal
 import threading
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from types import FrameType
 
 from kafka import KafkaProducer
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 
 from adapters.base import Institution, OutboundAdapter
@@ -26,8 +29,11 @@ from router.migrate import upgrade
 from router.processing import Processor
 from router.registry import outbound_adapters
 from router.relay import AckIntake, Relay
+from router.store import KeyCheckRow, utcnow
 from router.topics import Topics
+from router.vault import SealError, Vault
 from router.worker import RouterWorker
+from services import keyring
 from services.settings import DeliveryMode, InvalidSettings, PartnerSettings, Settings
 
 
@@ -37,9 +43,15 @@ class Jokko:
     engine: Engine
     topics: Topics
     adapters: dict[Institution, OutboundAdapter]
+    vault: Vault
 
     def processor(self) -> Processor:
-        return Processor(self.engine, self.adapters)
+        return Processor(
+            self.engine,
+            self.adapters,
+            self.vault,
+            duplicate_policy=self.settings.duplicate_member_policy,
+        )
 
     def router(self) -> RouterWorker:
         consumer = group_consumer(
@@ -132,14 +144,21 @@ class Jokko:
             policy=self.retry_policy(),
             channels=self.channels(),
             intake=self.ack_intake(producer) if with_acks else (),
+            vault=self.vault,
         )
 
 
 def bootstrap(settings: Settings, *, migrate: bool = True, kafka: bool = True) -> Jokko:
     """Connect, bring the store to the current schema and make sure the topics exist."""
+    vault = Vault(keyring.load(settings.keyring_file, create=settings.keyring_autocreate))
     engine = make_engine(settings.database_url, **_pool(settings.database_url))
     if migrate:
-        upgrade(engine)
+        try:
+            upgrade(engine)
+            check_keyring(engine, vault, settings.keyring_file)
+        except BaseException:
+            engine.dispose()  # a refused start leaves no connection behind
+            raise
     topics = Topics(
         canonical=settings.canonical_topic,
         prefix=settings.topic_prefix,
@@ -148,7 +167,36 @@ def bootstrap(settings: Settings, *, migrate: bool = True, kafka: bool = True) -
     if kafka:
         wait_until_ready(settings.kafka_bootstrap)
         ensure_topics(settings.kafka_bootstrap, topics.specs())
-    return Jokko(settings, engine, topics, outbound_adapters())
+    return Jokko(settings, engine, topics, outbound_adapters(), vault)
+
+
+_PROOF = b"jokko keyring check"
+
+
+def check_keyring(engine: Engine, vault: Vault, path: Path) -> None:
+    """Refuse to start with a keyring that lacks a key the store has used (a process started
+    with another keyring would write what the others cannot read), and record the current key."""
+    with engine.begin() as conn:
+        proofs = dict(conn.execute(select(KeyCheckRow.kid, KeyCheckRow.proof)).all())
+        for kid, proof in proofs.items():
+            try:
+                if vault.open(proof, kid.encode()) != _PROOF:
+                    raise SealError("wrong proof")
+            except SealError:
+                raise InvalidSettings(
+                    f"JOKKO_KEYRING_FILE: the keyring at {path} cannot open what the store "
+                    f"sealed under key {kid!r}: start with the keyring this store was made with"
+                ) from None
+        current = vault.keyring.data.current
+        if current not in proofs:
+            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            conn.execute(
+                insert(KeyCheckRow)
+                .values(
+                    kid=current, proof=vault.seal(_PROOF, current.encode()), created_at=utcnow()
+                )
+                .on_conflict_do_nothing(index_elements=["kid"])
+            )
 
 
 POOL_SIZE = 40

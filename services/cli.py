@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -219,11 +220,107 @@ def clients_list() -> None:
     Console(width=200).print(table)
 
 
+class KeyKind(StrEnum):
+    SIGNING = "signing"
+    """The API's access-token signing keys (in the database, see issue 28)."""
+    DATA = "data"
+    """The keyring's key-encryption keys (members' data keys, dead letters)."""
+    TOKEN = "token"
+    """The keyring's NIN-token keys."""
+
+
+@keys_app.command("create")
+def keys_create() -> None:
+    """Make the keyring (JOKKO_KEYRING_FILE) if there is none; never overwrites one."""
+    from services import keyring
+
+    path = load_settings().keyring_file
+    if keyring.create(path):
+        Console().print(f"new keyring at {path} (mode 0600): back it up, away from the database")
+    else:
+        Console().print(f"a keyring is already at {path}: left as it is")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """The keyring's key ids, which one is current (never the keys themselves)."""
+    from services import keyring
+
+    try:
+        rows = keyring.describe(load_settings().keyring_file)
+    except JokkoError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    table = Table("kind", "key id", "current")
+    for kind, kid, current in rows:
+        table.add_row(kind, kid, "yes" if current else "")
+    Console(width=200).print(table)
+
+
 @keys_app.command("rotate")
-def keys_rotate() -> None:
-    """New signing key; the old one verifies its tokens until they expire, then leaves the JWKS."""
-    kid = _authority().rotate(actor=_actor())
-    Console().print(f"new signing key {kid}")
+def keys_rotate(
+    kind: Annotated[KeyKind, typer.Argument(help="signing, data or token.")],
+) -> None:
+    """A new current key of KIND; the previous ones stay to open (or verify) what they made.
+
+    data: members' keys move to the new key as their events are routed, or all at once with
+    `jokko keys rewrap`. token: NINs tokenised under an older key are still found. signing:
+    the old key verifies its tokens until they expire, then leaves the JWKS."""
+    from services import keyring
+
+    if kind is KeyKind.SIGNING:
+        Console().print(f"new signing key {_authority().rotate(actor=_actor())}")
+        return
+    path = load_settings().keyring_file
+    kid = keyring.rotate(path, "data" if kind is KeyKind.DATA else "token")
+    Console().print(
+        f"new {kind.value} key {kid} in {path}: restart the router, relay and API to use it"
+    )
+
+
+@keys_app.command("rewrap")
+def keys_rewrap() -> None:
+    """Re-seal, now, everything sealed under an older data key (and what is still in clear
+    from before encryption at rest): after a rotation, before an old key is retired."""
+    from router.sealing import rewrap
+
+    jokko = _jokko_db()
+    counts = rewrap(jokko.engine, jokko.vault)
+    Console().print(", ".join(f"{n} {what}" for what, n in counts.items()) + " re-sealed")
+
+
+@app.command()
+def erase(
+    member_id: Annotated[str, typer.Argument(help="The member whose personal data goes.")],
+    reason: Annotated[str, typer.Option(help="The request it answers (kept in the audit log).")],
+) -> None:
+    """Erase a member's personal data once the retention period is over: their data key is
+    destroyed (every message Jokko keeps for them becomes unreadable), their NIN token and the
+    originals of their dead letters go; states, acks and the trail stay for reconciliation."""
+    from router.erasure import ErasureRefused, erase_member
+
+    jokko = _jokko_db()
+    try:
+        report = erase_member(
+            jokko.engine,
+            member_id,
+            retention_days=jokko.settings.erasure_retention_days,
+            actor=_actor(),
+            reason=reason,
+        )
+    except ErasureRefused as exc:
+        Console(stderr=True).print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(1) from None
+    Console().print(report)
+
+
+def _jokko_db() -> Jokko:
+    """The database only: key and erasure work must not wait for Kafka."""
+    try:
+        return bootstrap(load_settings(), kafka=False)
+    except JokkoError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
 
 
 contracts_app = typer.Typer(no_args_is_help=True, help="API and stream contracts (openapi/).")

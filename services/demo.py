@@ -40,11 +40,11 @@ from sqlalchemy.orm import Session
 from adapters.msnas.ledger import header_line, ledger_line
 from router.broker import idempotent_producer
 from router.broker import wait_until_ready as wait_for_broker
-from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
+from router.store import DeadLetterRow, DeliveryState, InboxRow, MemberDuplicateRow, OutboxRow
 from schemas.errors import JokkoError
 from services.api.security import Authority, Scope
 from services.bootstrap import bootstrap
-from services.demo_data import Month, generate_month, previous_period
+from services.demo_data import DUPLICATE_EVERY, Month, generate_month, previous_period
 from services.reconcile import INSTITUTIONS
 from services.reconcile_runs import EXTRACT_NAMES
 from services.settings import Settings, load_settings
@@ -101,6 +101,8 @@ class Outcome:
     redrive: Counter[str] = field(default_factory=Counter)
     desk: Counter[str] = field(default_factory=Counter)
     css_requests: int = 0
+    duplicates: int = 0
+    """Enrolments flagged as the same NIN under another member id."""
     console_url: str = ""
     problems: list[str] = field(default_factory=list)
 
@@ -224,6 +226,8 @@ class Demo:
         return {
             "JOKKO_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
             "JOKKO_DATABASE_URL": f"sqlite:///{self.work / 'jokko.db'}",
+            # The demo's own keyring beside its store: made at first start, kept with it.
+            "JOKKO_KEYRING_FILE": str(self.work / "keyring.json"),
             "JOKKO_CANONICAL_TOPIC": self.settings.canonical_topic,
             "JOKKO_TOPIC_PREFIX": self.settings.topic_prefix,
             "JOKKO_API_HOST": "127.0.0.1",
@@ -503,6 +507,18 @@ class Demo:
             f"open dead letters: {letters or 'none'}; "
             f"requests CSS received so far: {self.outcome.css_requests:,}"
         )
+        with Session(self.engine) as s:
+            pairs = s.execute(
+                select(MemberDuplicateRow.member_id, MemberDuplicateRow.other_member_id)
+                .where(MemberDuplicateRow.reviewed_at.is_(None))
+                .order_by(MemberDuplicateRow.id)
+            ).all()
+        self.outcome.duplicates = len(pairs)
+        shown = ", ".join(f"{m} = {o}" for m, o in pairs[:5]) + (", ..." if len(pairs) > 5 else "")
+        self.console.print(
+            f"duplicate enrolments flagged (same NIN under another member id): {len(pairs)}"
+            + (f" ({shown})" if pairs else "")
+        )
 
     def _reconcile(self, http: httpx.Client, month: Month, n: int) -> int:
         folder = self.work / "reconcile"
@@ -566,6 +582,12 @@ class Demo:
             self.outcome.problems.append("the poison record is not among the dead letters")
         if t.of("cmu", DeliveryState.REJECTED) == 0:
             self.outcome.problems.append(f"CMU rejected nothing of {rejected_member}")
+        members = self.options.members
+        twins = sum(1 for i in range(members) if i % DUPLICATE_EVERY == DUPLICATE_EVERY // 2)
+        if self.outcome.duplicates != twins:
+            self.outcome.problems.append(
+                f"{self.outcome.duplicates} duplicate enrolments flagged, {twins} in the month"
+            )
         for kind in ("extra", "mismatch", "duplicate"):
             if any(found[(i, kind)] for i in INSTITUTIONS):
                 self.outcome.problems.append(f"first run reports {kind} records")

@@ -166,7 +166,14 @@ def generate_month(members: int, period: str, *, seed: int = 2026) -> Month:
         region = _REGIONS[i % len(_REGIONS)]
         member_id = f"MSNAS-{region[3:]}-{i // len(_REGIONS) + 1:06d}"
         month.members.append(member_id)
-        _member_month(d, month, member_id, region, providers[region])
+        same_person = None
+        if i % DUPLICATE_EVERY == DUPLICATE_EVERY // 2:
+            same_person = next(
+                e["payload"]["identity"]
+                for e in reversed(month.events)
+                if e["event_type"] == "member.enrolled"
+            )
+        _member_month(d, month, member_id, region, providers[region], same_person)
         if not accident_done and "work_accident" in _branches_of(month, member_id):
             _work_accident(d, month, member_id, region)
             accident_done = True
@@ -180,7 +187,19 @@ def _branches_of(month: Month, member_id: str) -> list[str]:
     return []
 
 
-def _member_month(d: _Draw, month: Month, member_id: str, region: str, provider: str) -> None:
+DUPLICATE_EVERY = 70
+"""One member in 70 is a person already enrolled, enrolled again by another agent under another
+member id (the previous member, in the next region): the duplicates Jokko must flag."""
+
+
+def _member_month(
+    d: _Draw,
+    month: Month,
+    member_id: str,
+    region: str,
+    provider: str,
+    same_person: Json | None = None,
+) -> None:
     rng = d.rng
     sex = rng.choice(("female", "male"))
     birth_year = rng.randrange(1965, 2004)
@@ -212,6 +231,8 @@ def _member_month(d: _Draw, month: Month, member_id: str, region: str, provider:
         )
     identity = d.identity(sex, birth_year)
     identity["phone"] = d.phone()
+    if same_person is not None:  # the draws above are kept: the other members stay the same
+        identity = {**same_person, "phone": identity["phone"]}
     enrolled = d.moment(day_max=5)
     month.events.append(
         _event(

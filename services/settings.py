@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from router.processing import DuplicatePolicy
 from schemas.errors import JokkoError
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -130,6 +131,16 @@ class Settings(BaseSettings):
     """Requests a second per client, on average (token bucket, per API process)."""
     api_rate_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     """Requests a client may send at once above the rate (a month-end batch upload)."""
+    keyring_file: Path = Path(".jokko/keyring.json")
+    """Data and token keys (services/keyring.py): a file outside the database, 0600."""
+    keyring_autocreate: bool = True
+    """Make a keyring where there is none (a first start on a laptop). Production sets this
+    to false and mounts its keyring: a missing file is then an error, not a fresh key."""
+    duplicate_member_policy: DuplicatePolicy = DuplicatePolicy.FLAG
+    """What an enrolment whose NIN is already enrolled under another member id does."""
+    erasure_retention_days: Annotated[int, Field(ge=0, le=36_500)] = 3650
+    """A member's personal data may be erased this long after their last event (accounting
+    records are kept 10 years: OHADA Uniform Act on accounting, art. 24)."""
     cmu: PartnerSettings = PartnerSettings()
     css: PartnerSettings = PartnerSettings()
     ipres: PartnerSettings = PartnerSettings()

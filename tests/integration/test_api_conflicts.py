@@ -126,7 +126,9 @@ def test_conflicting_resubmission_is_refused_or_dead_lettered_never_silent(api: 
     ), "published: the first twice (a retry), the fresh one, the injected copy; no refusal"
 
     # Every institution gets the first content, once, and nothing of the other.
-    relay = Relay(api.jokko.engine, producer, api.jokko.topics, batch_size=100)
+    relay = Relay(
+        api.jokko.engine, producer, api.jokko.topics, batch_size=100, vault=api.jokko.vault
+    )
     try:
         while relay.relay_once():
             pass

@@ -283,7 +283,11 @@ def test_a_decision_not_published_holds_its_answer_back_until_it_is(
             published.extend(batch)
 
         worker = DeliveryWorker(
-            app.engine, channels[Institution.CMU], batch_size=100, decisions=decisions
+            app.engine,
+            channels[Institution.CMU],
+            batch_size=100,
+            decisions=decisions,
+            vault=app.vault,
         )
         with pytest.raises(DecisionsUnpublished):
             worker.deliver_once()

@@ -23,6 +23,7 @@ from router.broker import admin_client, idempotent_producer
 from router.canonical import publish_events
 from router.processing import Outcome, RawRecord
 from router.relay import pending_by_institution
+from router.sealing import DEAD_LETTER_AAD, open_original
 from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
 from router.worker import RouterWorker
 from schemas import dump_event
@@ -147,7 +148,9 @@ def test_poison_interleaved_is_dead_lettered_and_lag_returns_to_zero(jokko: Jokk
     assert outbox_per_institution(jokko) == {i.value: len(events) for i in Institution}
     with Session(jokko.engine) as s:
         dead = s.scalars(select(DeadLetterRow)).all()
-    assert sorted(d.original for d in dead) == sorted(POISON)
+        opened = sorted(open_original(s.connection(), jokko.vault, d) for d in dead)
+    assert opened == sorted(POISON), "kept whole, to be read by an operator"
+    assert not {d.original for d in dead} & set(POISON), "sealed at rest"
     assert all(d.reason == "invalid_event" and d.published_at is not None for d in dead)
     got = read_outbound(jokko.settings.kafka_bootstrap, jokko.topics, 3 * len(events))
     assert_once_and_in_member_order(got, 3 * len(events))
@@ -162,7 +165,8 @@ def test_poison_interleaved_is_dead_lettered_and_lag_returns_to_zero(jokko: Jokk
         on_topic = sorted(r.value for r in dlq)
     finally:
         dlq.close()
-    assert on_topic == sorted(POISON)
+    assert on_topic == sorted(d.original for d in dead), "the DLQ carries them sealed"
+    assert sorted(jokko.vault.open(v, DEAD_LETTER_AAD) for v in on_topic) == sorted(POISON)
 
 
 def css_attempts(app: Jokko) -> int:

@@ -715,7 +715,7 @@ def test_cli_adds_lists_and_revokes_clients(
         assert runner.invoke(cli, ["clients", "revoke", "nobody"]).exit_code == 1
         with pytest.raises(AuthError):
             authority.issue_token("css-prod", secret)
-        rotated = runner.invoke(cli, ["keys", "rotate"])
+        rotated = runner.invoke(cli, ["keys", "rotate", "signing"])
         assert rotated.exit_code == 0
         kid = rotated.stdout.split()[-1]
         assert Authority(engine).jwks()["keys"][0]["kid"] == kid  # a process of its own

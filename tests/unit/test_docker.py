@@ -378,7 +378,11 @@ def test_compose_file_is_valid() -> None:
     for name, service in document["services"].items():
         assert set(service) <= known, (name, set(service) - known)
         for volume in service.get("volumes") or []:
-            assert volume.split(":")[0] in declared, (name, volume)
+            source = volume.split(":")[0]
+            if source.startswith(("./", "/")):  # a host file (the keyring): read-only
+                assert volume.endswith(":ro"), (name, volume)
+            else:
+                assert source in declared, (name, volume)
         for file in service.get("env_file") or []:
             assert file["required"] is False, "a site file must stay optional"
         if "build" in service:

@@ -13,7 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from router.replay import replay
+from router.sealing import open_original
 from router.store import AuditRow, DeadLetterRow, utcnow
+from router.vault import SealError
 from services.api import pagination
 from services.api.deps import JokkoDep, SessionDep
 from services.api.problems import PROBLEM_RESPONSES, problem_responses
@@ -87,14 +89,20 @@ def list_dead_letters(
     )
 
 
-@router.get("/{dead_letter_id}", response_model=DeadLetterDetail, responses=problem_responses(404))
+@router.get(
+    "/{dead_letter_id}", response_model=DeadLetterDetail, responses=problem_responses(404, 410)
+)
 def inspect_dead_letter(
-    dead_letter_id: DeadLetterId, session: SessionDep, _operator: Operator
+    dead_letter_id: DeadLetterId, session: SessionDep, jokko: JokkoDep, _operator: Operator
 ) -> DeadLetterDetail:
     row = _one(session, dead_letter_id)
     base = DeadLetter.model_validate(row, from_attributes=True)
+    try:
+        original = open_original(session.connection(), jokko.vault, row)
+    except SealError as exc:
+        raise HTTPException(410, f"the original cannot be read: {exc}") from None
     return DeadLetterDetail(
-        **base.model_dump(), original_base64=base64.b64encode(row.original).decode()
+        **base.model_dump(), original_base64=base64.b64encode(original).decode()
     )
 
 

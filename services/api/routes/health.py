@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from router.broker import admin_client, wait_until_ready
 from router.errors import BrokerUnavailable
-from router.store import DeadLetterRow, OutboxRow
+from router.store import DeadLetterRow, MemberDuplicateRow, OutboxRow
 from services.api.problems import problem_responses
 from services.bootstrap import Jokko
 
@@ -83,6 +83,12 @@ class _StoreCollector(Collector):
             "came again with other content).",
             labels=["source", "reason"],
         )
+        duplicates = GaugeMetricFamily(
+            "jokko_member_duplicates_open",
+            "Enrolments whose NIN another member id holds, not yet reviewed, by action "
+            "(flagged: routed; held: a dead letter).",
+            labels=["action"],
+        )
         try:
             with Session(self._jokko.engine) as s:
                 for inst, state, n, _attempts in s.execute(
@@ -115,12 +121,19 @@ class _StoreCollector(Collector):
                 for source, reason, n in open_letters:
                     dead_by_reason.add_metric([source, reason], n)
                 dead.add_metric([], sum(n for _, _, n in open_letters))
+                for action, n in s.execute(
+                    select(MemberDuplicateRow.action, func.count())
+                    .where(MemberDuplicateRow.reviewed_at.is_(None))
+                    .group_by(MemberDuplicateRow.action)
+                ):
+                    duplicates.add_metric([action], n)
         except SQLAlchemyError as exc:
             log.warning("metrics: store unavailable: %s", type(exc).__name__)
         yield deliveries
         yield retries
         yield dead
         yield dead_by_reason
+        yield duplicates
         lag = GaugeMetricFamily("jokko_router_consumer_lag", "Canonical records not yet routed.")
         value = router_lag(self._jokko)
         if value is not None:

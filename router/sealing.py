@@ -1,0 +1,188 @@
+"""Reading what the store keeps sealed (``router.vault``): outbox bodies, dead-letter originals."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, bindparam, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from router.store import DeadLetterRow, MemberKeyRow, OutboxRow, utcnow
+from router.vault import MEMBER, SealError, Vault
+
+MEMBER_KEY: Table = MemberKeyRow.__table__  # type: ignore[assignment]
+_KEYS = select(MEMBER_KEY.c.member_id, MEMBER_KEY.c.kek_id, MEMBER_KEY.c.wrapped_dek).where(
+    MEMBER_KEY.c.member_id.in_(bindparam("ids", expanding=True))
+)
+_REWRAP = (
+    update(MEMBER_KEY)
+    .where(MEMBER_KEY.c.member_id == bindparam("m"))
+    .values(kek_id=bindparam("kid"), wrapped_dek=bindparam("w"))
+)
+
+DEAD_LETTER_AAD = b"dead_letter"
+"""Associated data of a dead letter's original sealed under a keyring key."""
+
+
+def member_keys(conn: Connection, vault: Vault, members: Iterable[str]) -> dict[str, bytes | None]:
+    """Each known member's data key, None for an erased member; absent: no key (yet)."""
+    rows = conn.execute(_KEYS, {"ids": sorted(set(members))})
+    return {
+        member: None if wrapped is None else vault.unwrap(member, kid, wrapped)
+        for member, kid, wrapped in rows
+    }
+
+
+def writable_keys(
+    conn: Connection, vault: Vault, members: Iterable[str]
+) -> dict[str, bytes | None]:
+    """Each member's data key (None: erased), made for those who have none, and re-wrapped
+    under the current keyring key when it was wrapped under an older one (rotation is lazy:
+    a member's key moves to the new keyring key the next time one of their events is routed)."""
+    ids = sorted(set(members))
+    deks: dict[str, bytes | None] = {}
+    stale: list[dict[str, Any]] = []
+    for member, kid, wrapped in conn.execute(_KEYS, {"ids": ids}):
+        if wrapped is None:
+            deks[member] = None
+            continue
+        dek = deks[member] = vault.unwrap(member, kid, wrapped)
+        if not vault.is_current(kid):
+            new_kid, rewrapped = vault.wrap(member, dek)
+            stale.append({"m": member, "kid": new_kid, "w": rewrapped})
+    if stale:
+        conn.execute(_REWRAP, stale)
+    missing = [m for m in ids if m not in deks]
+    if missing:
+        now, fresh, rows = utcnow(), {}, []
+        for member in missing:
+            kid, wrapped, fresh[member] = vault.new_member_key(member)
+            rows.append(
+                {"member_id": member, "kek_id": kid, "wrapped_dek": wrapped, "created_at": now}
+            )
+        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        made = set(
+            conn.execute(
+                insert(MEMBER_KEY)
+                .on_conflict_do_nothing(index_elements=["member_id"])
+                .returning(MEMBER_KEY.c.member_id),
+                rows,
+            ).scalars()
+        )
+        deks.update({m: fresh[m] for m in made})
+        if len(made) < len(missing):  # made meanwhile by another router: theirs stands
+            deks.update(member_keys(conn, vault, set(missing) - made))
+    return deks
+
+
+def open_body(
+    vault: Vault | None,
+    deks: Mapping[str, bytes | None],
+    member_id: str,
+    message_id: str,
+    body: bytes,
+) -> bytes:
+    """An outbox body in clear; raises ``SealError`` when it cannot be (erased, altered)."""
+    if not body.startswith(MEMBER):
+        return body
+    if vault is None:
+        raise SealError("a sealed body and no keyring to open it")
+    return vault.open_for_member(deks.get(member_id), body, message_id.encode())
+
+
+def open_original(conn: Connection, vault: Vault, dead: DeadLetterRow) -> bytes:
+    """A dead letter's original in clear: sealed under a keyring key (canonical records), or
+    the outbox body it copies (sealed under its member's key)."""
+    if not dead.original.startswith(MEMBER):
+        return vault.open(dead.original, DEAD_LETTER_AAD)
+    member = conn.scalar(select(OutboxRow.member_id).where(OutboxRow.message_id == dead.message_id))
+    if member is None or dead.message_id is None:
+        raise SealError("the message this dead letter copies is unknown")
+    deks = member_keys(conn, vault, [member])
+    return open_body(vault, deks, member, dead.message_id, dead.original)
+
+
+def rewrap(engine: Engine, vault: Vault, chunk: int = 1000) -> dict[str, int]:
+    """Re-seal under the current data key everything sealed under an older one, and seal
+    what is still in clear from before encryption at rest; in chunks of ``chunk`` rows, each
+    its own transaction (safe to run beside the router and relay, safe to run again)."""
+    counts = {"member keys": 0, "dead letters": 0, "message bodies": 0}
+    current = vault.keyring.data.current
+    last = ""
+    while True:  # members' data keys
+        with engine.begin() as conn:
+            rows = (
+                conn.execute(
+                    select(MEMBER_KEY.c.member_id)
+                    .where(
+                        MEMBER_KEY.c.member_id > last,
+                        MEMBER_KEY.c.kek_id != current,
+                        MEMBER_KEY.c.wrapped_dek.is_not(None),
+                    )
+                    .order_by(MEMBER_KEY.c.member_id)
+                    .limit(chunk)
+                )
+                .scalars()
+                .all()
+            )
+            if not rows:
+                break
+            writable_keys(conn, vault, rows)  # re-wraps the stale ones
+            counts["member keys"] += len(rows)
+            last = rows[-1]
+    last_id = 0
+    while True:  # dead-letter originals under a keyring key, or in clear
+        with engine.begin() as conn:
+            letters = conn.execute(
+                select(DeadLetterRow.id, DeadLetterRow.original)
+                .where(DeadLetterRow.id > last_id)
+                .order_by(DeadLetterRow.id)
+                .limit(chunk)
+            ).all()
+            if not letters:
+                break
+            stale = [
+                {"i": i, "o": vault.seal(vault.open(o, DEAD_LETTER_AAD), DEAD_LETTER_AAD)}
+                for i, o in letters
+                if o and not o.startswith(MEMBER) and vault.sealed_under(o) != current
+            ]
+            if stale:
+                conn.execute(
+                    update(DeadLetterRow)
+                    .where(DeadLetterRow.id == bindparam("i"))
+                    .values(original=bindparam("o")),
+                    stale,
+                )
+            counts["dead letters"] += len(stale)
+            last_id = letters[-1][0]
+    last_id = 0
+    while True:  # message bodies still in clear
+        with engine.begin() as conn:
+            clear = conn.execute(
+                select(OutboxRow.id, OutboxRow.member_id, OutboxRow.message_id, OutboxRow.body)
+                .where(OutboxRow.id > last_id)
+                .order_by(OutboxRow.id)
+                .limit(chunk)
+            ).all()
+            if not clear:
+                break
+            todo = [r for r in clear if not r.body.startswith(MEMBER)]
+            if todo:
+                deks = writable_keys(conn, vault, {r.member_id for r in todo})
+                sealed = [
+                    {"i": r.id, "b": vault.seal_for_member(dek, r.body, r.message_id.encode())}
+                    for r in todo
+                    if (dek := deks.get(r.member_id)) is not None
+                ]
+                if sealed:
+                    conn.execute(
+                        update(OutboxRow)
+                        .where(OutboxRow.id == bindparam("i"))
+                        .values(body=bindparam("b")),
+                        sealed,
+                    )
+                counts["message bodies"] += len(sealed)
+            last_id = clear[-1][0]
+    return counts

@@ -1,0 +1,133 @@
+"""The keyring file: Jokko's data and token keys, each with an id, outside the database.
+
+A JSON document, readable by its owner only (0600)::
+
+    {"version": 1,
+     "data":  {"current": "data-20261207T2100-3f2a", "keys": {"data-...": "<base64 32 bytes>"}},
+     "token": {"current": "token-...", "keys": {"token-...": "<base64>"}}}
+
+``data`` keys wrap members' data keys and seal what belongs to no member; ``token`` keys make
+NIN tokens (``router.vault``). Rotation adds a key and makes it current; the previous ones
+stay, to open what they sealed and to find NINs tokenised under them. A key is never removed
+by Jokko: once ``jokko keys rewrap`` has re-sealed everything, an operator may retire one by
+hand (docs/operations.md, "Keys").
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from router.vault import Keyring, KeySet, new_key
+from services.settings import InvalidSettings
+
+Kind = Literal["data", "token"]
+KINDS: tuple[Kind, ...] = ("data", "token")
+
+
+def _key_id(kind: Kind) -> str:
+    return f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
+
+
+def _fresh() -> dict[str, Any]:
+    doc: dict[str, Any] = {"version": 1}
+    for kind in KINDS:
+        kid = _key_id(kind)
+        doc[kind] = {"current": kid, "keys": {kid: base64.b64encode(new_key()).decode()}}
+    return doc
+
+
+def _parse(doc: dict[str, Any], path: Path) -> Keyring:
+    try:
+        sets = {
+            kind: KeySet(
+                current=doc[kind]["current"],
+                keys={k: base64.b64decode(v, validate=True) for k, v in doc[kind]["keys"].items()},
+            )
+            for kind in KINDS
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidSettings(f"keyring {path}: not a Jokko keyring ({exc})") from None
+    return Keyring(data=sets["data"], token=sets["token"])
+
+
+def _write_new(path: Path, doc: dict[str, Any]) -> bool:
+    """Write ``doc`` at ``path`` unless a file is already there (atomic: several processes
+    starting at once agree on one keyring). Returns whether this call created it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".keyring-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, path)  # fails if the file exists: never overwrites
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(tmp)
+
+
+def _replace(path: Path, doc: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".keyring-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidSettings(
+            f"JOKKO_KEYRING_FILE: no keyring at {path}; create one with `jokko keys create` "
+            "(and back it up: without it the personal data Jokko holds cannot be read)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise InvalidSettings(f"JOKKO_KEYRING_FILE: cannot read {path}: {exc}") from None
+    return doc
+
+
+def load(path: Path, *, create: bool = False) -> Keyring:
+    """The keyring at ``path``; with ``create``, a new one is made first if there is none."""
+    if create and not path.exists():
+        _write_new(path, _fresh())
+    return _parse(read_document(path), path)
+
+
+def create(path: Path) -> bool:
+    """A new keyring at ``path``; False (and nothing written) if one is already there."""
+    return _write_new(path, _fresh())
+
+
+def rotate(path: Path, kind: Kind) -> str:
+    """Add a new ``kind`` key and make it current; returns its id."""
+    doc = read_document(path)
+    _parse(doc, path)
+    kid = _key_id(kind)
+    doc[kind]["keys"][kid] = base64.b64encode(new_key()).decode()
+    doc[kind]["current"] = kid
+    _replace(path, doc)
+    return kid
+
+
+def describe(path: Path) -> list[tuple[str, str, bool]]:
+    """(kind, key id, is current) of every key: ids only, never key material."""
+    keyring = load(path)
+    return [
+        (kind, kid, kid == keys.current)
+        for kind, keys in (("data", keyring.data), ("token", keyring.token))
+        for kid in keys.keys
+    ]
