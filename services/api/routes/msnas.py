@@ -43,7 +43,7 @@ def _submit(
     """Parse and publish; blocking (CPU, then the acks=all wait), so run in the threadpool."""
     report = parse()
     if report.events:
-        _publish(producer, jokko.topics.canonical, list(report.events))
+        _publish(jokko, producer, list(report.events))
         request.app.state.metrics.events_in.labels("accepted").inc(len(report.events))
     return ImportResult(
         accepted=len(report.events),
