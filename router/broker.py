@@ -102,18 +102,21 @@ def idempotent_producer(
     client_id: str = "jokko",
     max_block_s: float = 60.0,
     delivery_timeout_s: float | None = None,
+    reconnect_backoff_max_s: float | None = None,
 ) -> KafkaProducer:
     """``max_block_s`` bounds how long ``send`` waits for a topic's metadata (a missing topic
     blocks the sending thread that long before failing). ``delivery_timeout_s`` bounds how
     long a sent record is retried before its future fails (kafka-python's default, 120 s,
-    when None); the request timeout is kept within it, as the client requires."""
+    when None); the request timeout is kept within it, as the client requires.
+    ``reconnect_backoff_max_s`` caps the client's back-off between attempts to reach a broker
+    that is down (30 s by default, so a client may notice a broker's return that late)."""
     extra: dict[str, int] = {}
     if delivery_timeout_s is not None:
         delivery_ms = int(delivery_timeout_s * 1000)
-        extra = {
-            "delivery_timeout_ms": delivery_ms,
-            "request_timeout_ms": min(30_000, max(1_000, delivery_ms - 100)),
-        }
+        extra["delivery_timeout_ms"] = delivery_ms
+        extra["request_timeout_ms"] = min(30_000, max(1_000, delivery_ms - 100))
+    if reconnect_backoff_max_s is not None:
+        extra["reconnect_backoff_max_ms"] = int(reconnect_backoff_max_s * 1000)
     return KafkaProducer(
         bootstrap_servers=bootstrap,
         client_id=client_id,

@@ -128,6 +128,12 @@ class OutcomeUnknown(BrokerUnavailable):
     """Not acknowledged in time, but handed to the producer: the events may still be stored.
     ``in_flight`` tells when the producer has settled them."""
 
+    detail = (
+        "the event stream (Kafka) did not confirm the events in time; they may still be "
+        "stored: send the same request again (same Idempotency-Key) to learn the outcome, "
+        "an event takes effect once"
+    )
+
     def __init__(self, message: str, in_flight: InFlight) -> None:
         super().__init__(message)
         self.in_flight = in_flight

@@ -105,6 +105,7 @@ def create_app(
             client_id="jokko-api",
             max_block_s=settings.api_broker_timeout_s,
             delivery_timeout_s=settings.api_broker_delivery_timeout_s,
+            reconnect_backoff_max_s=1.0,  # back in service within a second of the broker
         )
         try:
             yield

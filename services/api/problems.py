@@ -188,7 +188,7 @@ def unavailable(request: Request, dependency: str, detail: str | None = None) ->
     )
 
 
-def _unavailable(request: Request, exc: Exception) -> Response:
+def on_unavailable(request: Request, exc: Exception) -> Response:
     """A dependency's failure (``RetryableError``, a Kafka client's error, a database that
     refuses or drops connections or has none to lend) is a 503; any other database error
     remains an unexpected one."""
@@ -218,7 +218,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(WireFormatError, _wire_format)
     app.add_exception_handler(JokkoError, _jokko)
     for dependency_error in UNAVAILABLE:
-        app.add_exception_handler(dependency_error, _unavailable)
+        app.add_exception_handler(dependency_error, on_unavailable)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
 
