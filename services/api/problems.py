@@ -232,4 +232,6 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-PROBLEM_RESPONSES = problem_responses(401, 403, 422)
+PROBLEM_RESPONSES = problem_responses(401, 403, 422, 503)
+"""What every authenticated route may answer: a token check needs the database (503 while it
+is down)."""
