@@ -38,7 +38,7 @@ def publish_events(
 ) -> list[Published]:
     """Send events keyed by ``member_id`` and wait until the broker has acknowledged each.
 
-    ``timeout_s`` bounds the whole call (the sends, the flush and the acks), given a producer
+    ``timeout_s`` bounds the whole call (the sends and the acks), given a producer
     whose ``max_block_ms`` is no longer. It raises ``BrokerUnavailable`` when nothing can
     have been stored, and ``OutcomeUnknown`` (a ``BrokerUnavailable``) when records were
     handed to the producer but not acknowledged in time: the producer keeps trying them until
@@ -67,8 +67,10 @@ def publish_events(
             f"{len(sent)} of {len(events)} events sent to {topic} before {type(exc).__name__}",
             InFlight(sent, complete=False),
         ) from exc
+    # Each of our own futures against one deadline, not ``flush``: kafka-python's flush waits
+    # up to its timeout for every incomplete batch in turn (any request's), so a broker coming
+    # back could stretch it to a multiple of the bound. linger_ms sends them within 5 ms.
     try:
-        producer.flush(timeout=_left(deadline))
         published = []
         for event, future in sent:
             meta = future.get(timeout=_left(deadline))
