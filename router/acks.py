@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from adapters.base import Ack, AckStatus, Institution, MalformedAck, OutboundAdapter
 from router.bulk import TRAIL, TRAIL_COLUMNS, copy_rows, update_rows
 from router.canonical import publish_events
+from router.errors import BrokerUnavailable
 from router.store import (
     AckAnomalyRow,
     DeliveryState,
@@ -142,7 +143,7 @@ class DecisionPublisher:
     def __call__(self, events: Sequence[ClaimAdjudicated]) -> None:
         try:
             publish_events(self._producer, self._topic, events)
-        except KafkaError as exc:
+        except (KafkaError, BrokerUnavailable) as exc:
             raise DecisionsUnpublished(f"{self._topic}: {exc!r}") from exc
 
 
@@ -300,7 +301,7 @@ class AckConsumer:
             while not stop.is_set():
                 try:
                     self.poll_once()
-                except (KafkaError, OperationalError) as exc:
+                except (KafkaError, BrokerUnavailable, OperationalError) as exc:
                     log.warning("ack consumer for %s retrying: %r", self._institution, exc)
                     stop.wait(1.0)
         finally:

@@ -67,11 +67,11 @@ def wait_until_ready(bootstrap: str, *, timeout_s: float = 30.0) -> None:
     raise BrokerUnavailable(f"Kafka at {bootstrap} did not answer within {timeout_s}s: {last}")
 
 
-def _any_listening(bootstrap: str) -> bool:
+def _any_listening(bootstrap: str, *, timeout_s: float = 1.0) -> bool:
     for server in bootstrap.split(","):
         host, _, port = server.strip().rpartition(":")
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
                 return True
         except OSError:
             continue
@@ -97,10 +97,26 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> None:
 
 
 def idempotent_producer(
-    bootstrap: str, *, client_id: str = "jokko", max_block_s: float = 60.0
+    bootstrap: str,
+    *,
+    client_id: str = "jokko",
+    max_block_s: float = 60.0,
+    delivery_timeout_s: float | None = None,
+    reconnect_backoff_max_s: float | None = None,
 ) -> KafkaProducer:
     """``max_block_s`` bounds how long ``send`` waits for a topic's metadata (a missing topic
-    blocks the sending thread that long before failing)."""
+    blocks the sending thread that long before failing). ``delivery_timeout_s`` bounds how
+    long a sent record is retried before its future fails (kafka-python's default, 120 s,
+    when None); the request timeout is kept within it, as the client requires.
+    ``reconnect_backoff_max_s`` caps the client's back-off between attempts to reach a broker
+    that is down (30 s by default, so a client may notice a broker's return that late)."""
+    extra: dict[str, int] = {}
+    if delivery_timeout_s is not None:
+        delivery_ms = int(delivery_timeout_s * 1000)
+        extra["delivery_timeout_ms"] = delivery_ms
+        extra["request_timeout_ms"] = min(30_000, max(1_000, delivery_ms - 100))
+    if reconnect_backoff_max_s is not None:
+        extra["reconnect_backoff_max_ms"] = int(reconnect_backoff_max_s * 1000)
     return KafkaProducer(
         bootstrap_servers=bootstrap,
         client_id=client_id,
@@ -108,7 +124,31 @@ def idempotent_producer(
         acks="all",
         linger_ms=5,
         max_block_ms=int(max_block_s * 1000),
+        **extra,
     )
+
+
+def check_reachable(bootstrap: str, *, timeout_s: float = 1.0) -> None:
+    """One bounded look at the broker (a TCP probe, then a metadata request): returns, or
+    raises ``BrokerUnavailable``. Unlike ``wait_until_ready`` it never waits for a broker
+    that is down, so a readiness check answers at once."""
+    if not _any_listening(bootstrap, timeout_s=timeout_s):
+        raise BrokerUnavailable(f"nothing listens at {bootstrap}")
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id="jokko-probe",
+            request_timeout_ms=int(timeout_s * 1000),
+            bootstrap_timeout_ms=int(timeout_s * 1000),
+        )
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"Kafka at {bootstrap} is not reachable: {exc}") from exc
+    try:
+        admin.list_topics()
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"Kafka at {bootstrap} does not answer: {exc}") from exc
+    finally:
+        admin.close()
 
 
 def group_consumer(

@@ -6,12 +6,14 @@ they exercise is what production runs.
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from kafka import KafkaProducer
 from sqlalchemy import Engine, select
@@ -151,7 +153,7 @@ class Jokko:
 def bootstrap(settings: Settings, *, migrate: bool = True, kafka: bool = True) -> Jokko:
     """Connect, bring the store to the current schema and make sure the topics exist."""
     vault = Vault(keyring.load(settings.keyring_file, create=settings.keyring_autocreate))
-    engine = make_engine(settings.database_url, **_pool(settings.database_url))
+    engine = make_engine(settings.database_url, **_pool(settings))
     if migrate:
         try:
             upgrade(engine)
@@ -206,10 +208,18 @@ default 40), since every keyed ingest request takes one twice. With SQLAlchemy's
 (a backend fork each): bench/api.py served 67 keyed single-event POSTs a second."""
 
 
-def _pool(url: str) -> dict[str, int]:
-    if make_url(url).get_backend_name() != "postgresql":
+def _pool(settings: Settings) -> dict[str, Any]:
+    """PostgreSQL's pool, with a bounded wait for a connection: an unreachable database
+    fails a request within ``database_timeout_s`` instead of hanging it."""
+    if make_url(settings.database_url).get_backend_name() != "postgresql":
         return {}
-    return {"pool_size": POOL_SIZE, "max_overflow": 0}
+    timeout = settings.database_timeout_s
+    return {
+        "pool_size": POOL_SIZE,
+        "max_overflow": 0,
+        "pool_timeout": timeout,
+        "connect_args": {"connect_timeout": max(2, math.ceil(timeout))},
+    }
 
 
 def stop_on_signals() -> threading.Event:

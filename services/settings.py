@@ -131,6 +131,18 @@ class Settings(BaseSettings):
     """Requests a second per client, on average (token bucket, per API process)."""
     api_rate_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     """Requests a client may send at once above the rate (a month-end batch upload)."""
+    database_timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    """Longest wait for a pooled PostgreSQL connection (pool check-out), and the connect
+    timeout (libpq rounds it up to whole seconds, at least 2): past it, the API answers 503."""
+    api_broker_timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    """Longest a submission waits for the broker (send, flush and the acks=all answer) before
+    the API answers 503."""
+    api_broker_delivery_timeout_s: Annotated[float, Field(ge=2, le=600)] = 30.0
+    """How long the API's producer keeps retrying an event it could not get acknowledged in
+    time (its outcome is unknown meanwhile); an Idempotency-Key left pending longer than this
+    (plus a margin) by a vanished process is taken over by its re-send."""
+    api_retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 2
+    """``Retry-After`` of a 503 (a dependency is down): when a client should try again."""
     keyring_file: Path = Path(".jokko/keyring.json")
     """Data and token keys (services/keyring.py): a file outside the database, 0600."""
     keyring_autocreate: bool = True

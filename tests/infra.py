@@ -56,6 +56,7 @@ class KafkaBroker:
         _run("kafka.sh", "stop", self._env)
 
     def restart(self) -> None:
+        """Start again on the same storage (stopping it first if it runs)."""
         _run("kafka.sh", "restart", self._env)
 
 
@@ -77,3 +78,11 @@ class PostgresCluster:
 
     def stop(self) -> None:
         _run("postgres.sh", "stop", self._env)
+
+    def crash(self) -> None:
+        """``pg_ctl -m immediate``: the server dies on the spot, its data kept."""
+        _run("postgres.sh", "crash", self._env)
+
+    def resume(self) -> None:
+        """Start again on the kept data (crash recovery first); back once it is ready."""
+        _run("postgres.sh", "resume", self._env)

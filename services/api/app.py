@@ -13,8 +13,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.broker import idempotent_producer
 from services.api import console, openapi, problems
+from services.api.idempotency import Outcomes
 from services.api.routes import dead_letters, deliveries, events, health, msnas, reconcile
-from services.api.routes.health import Metrics
+from services.api.routes.health import Metrics, Readiness
 from services.api.security import Authority, RateLimiter, security_router
 from services.bootstrap import Jokko
 
@@ -97,14 +98,21 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = producer is None
+        settings = jokko.settings
+        # Bounded: a broker that is down costs a submission api_broker_timeout_s, then a 503.
         app.state.producer = producer or idempotent_producer(
-            jokko.settings.kafka_bootstrap, client_id="jokko-api", max_block_s=10
+            settings.kafka_bootstrap,
+            client_id="jokko-api",
+            max_block_s=settings.api_broker_timeout_s,
+            delivery_timeout_s=settings.api_broker_delivery_timeout_s,
+            reconnect_backoff_max_s=1.0,  # back in service within a second of the broker
         )
         try:
             yield
         finally:
             if owned:
-                app.state.producer.close()
+                app.state.producer.close()  # settles what is in flight: outcomes recorded
+            app.state.outcomes.close()
 
     app = FastAPI(
         title="Jokko",
@@ -121,6 +129,8 @@ def create_app(
     app.state.authority = authority or Authority(jokko.engine)
     app.state.rate_limiter = rate_limiter
     app.state.metrics = Metrics(jokko)
+    app.state.readiness = Readiness(jokko)
+    app.state.outcomes = Outcomes(jokko.engine)
     problems.install(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 

@@ -48,9 +48,10 @@ from starlette.concurrency import run_in_threadpool
 from adapters.base import Institution
 from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
 from schemas.errors import JokkoError
-from services.api import pagination
+from services.api import pagination, problems
 from services.api.deps import JokkoDep, SessionDep
 from services.api.routes import dead_letters, deliveries, events, reconcile
+from services.api.routes.health import Readiness
 from services.api.security import (
     AuthError,
     AuthorityDep,
@@ -175,16 +176,42 @@ def _checked(op: Operator, form: dict[str, str]) -> None:
         raise Refused(403, "The form has expired or did not come from this console; reload it.")
 
 
+OUTAGES = {
+    "database": (
+        "Base de données indisponible",
+        "les pages et les soumissions sont refusées (503) jusqu'à son retour ; "
+        "rien de ce qui a été accepté n'est perdu.",
+    ),
+    "kafka": (
+        "Courtier Kafka indisponible",
+        "les soumissions d'événements sont refusées (503) et l'acheminement attend son retour ; "
+        "rien de ce qui a été accepté n'est perdu.",
+    ),
+}
+"""The banner each page shows while a dependency is down (``Readiness``, as ``/readyz``)."""
+
+
 def _page(
     request: Request,
     name: str,
     op: Operator | None,
     status_code: int = 200,
+    *,
+    headers: dict[str, str] | None = None,
     **context: Any,
 ) -> Response:
-    context = {"operator": op, "prefix": PREFIX, **context}
+    """A page, with a banner per dependency that is down. Blocking (a readiness check at most
+    every few seconds): call it from a threadpool, never on the event loop."""
+    readiness: Readiness = request.app.state.readiness
+    down = readiness.down()
+    context = {
+        "operator": op,
+        "prefix": PREFIX,
+        "outages": [OUTAGES[d] for d in OUTAGES if d in down],
+        **context,
+    }
     return templates.TemplateResponse(
-        request, name, context, status_code=status_code, headers=_HEADERS
+        request, name, context, status_code=status_code, headers={**_HEADERS, **(headers or {})}
     )
 
 
@@ -219,21 +246,29 @@ async def login(request: Request, form: Form, authority: AuthorityDep) -> Respon
     client_id, secret = form.get("client_id", "").strip(), form.get("client_secret", "")
     target = _safe_next(form.get("next"))
 
-    def refused(message: str, status: int = 401) -> Response:
-        return _page(
-            request, "login.html", None, status, next=target, error=message, client_id=client_id
+    async def refused(message: str, status: int = 401) -> Response:
+        return await run_in_threadpool(
+            lambda: _page(
+                request,
+                "login.html",
+                None,
+                status,
+                next=target,
+                error=message,
+                client_id=client_id,
+            )
         )
 
     if not client_id or not secret:
-        return refused("Give the operator client's id and secret.", 400)
+        return await refused("Give the operator client's id and secret.", 400)
     _rate_limit(request, f"token:{client_id[:64]}")
     try:
         answer = await run_in_threadpool(authority.issue_token, client_id, secret)
         who = await run_in_threadpool(authority.verify, answer.access_token)
     except AuthError:
-        return refused("Client authentication failed.")
+        return await refused("Client authentication failed.")
     if who.institution is not None:
-        return refused("This is an institution's client, not an operator's.", 403)
+        return await refused("This is an institution's client, not an operator's.", 403)
     await run_in_threadpool(authority.audit, who.client_id, "console.login")
     response = _see_other(target)
     response.set_cookie(
@@ -544,8 +579,23 @@ def _refused(request: Request, exc: Exception) -> Response:
     return _page(request, "error.html", None, exc.status, message=exc.message)
 
 
+def _unavailable(request: Request, exc: Exception) -> Response:
+    """The API's 503 (counted and logged there); on a console page, the error page with its
+    banner and the same ``Retry-After``."""
+    answer = problems.on_unavailable(request, exc)
+    if answer.status_code != 503 or not request.url.path.startswith(PREFIX + "/"):
+        return answer
+    retry_after = answer.headers["Retry-After"]
+    message = f"Service indisponible : réessayer dans {retry_after} s."
+    return _page(
+        request, "error.html", None, 503, headers={"Retry-After": retry_after}, message=message
+    )
+
+
 def install(app: FastAPI) -> None:
-    """Mount the console on ``app``: its pages and the two answers its dependencies raise."""
+    """Mount the console on ``app``: its pages and the answers its dependencies raise."""
     app.include_router(router)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(Refused, _refused)
+    for dependency_error in problems.UNAVAILABLE:
+        app.add_exception_handler(dependency_error, _unavailable)

@@ -12,12 +12,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kafka.errors import KafkaError
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from adapters.base import WireFormatError
+from router import errors
 from schemas.errors import FieldError, InvalidEvent, JokkoError
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,10 @@ class Problem(BaseModel):
     errors: list[FieldProblem] | None = Field(
         default=None, description="One entry per invalid field, for validation problems."
     )
+    dependency: str | None = Field(
+        default=None,
+        description="For a 503: what is unavailable (database, kafka); retry after Retry-After.",
+    )
 
 
 def problem(
@@ -53,6 +60,7 @@ def problem(
     kind: str | None = None,
     errors: list[FieldProblem] | None = None,
     headers: dict[str, str] | None = None,
+    dependency: str | None = None,
 ) -> JSONResponse:
     body = Problem(
         type=f"{_TYPES}{kind}" if kind else "about:blank",
@@ -60,6 +68,7 @@ def problem(
         status=status,
         detail=detail,
         errors=errors,
+        dependency=dependency,
     )
     return JSONResponse(
         body.model_dump(exclude_none=True),
@@ -144,6 +153,9 @@ def _jokko(_request: Request, exc: Exception) -> JSONResponse:
     return problem(status, title, str(exc), kind=kind)
 
 
+UNAVAILABLE: tuple[type[Exception], ...] = (errors.RetryableError, KafkaError, SQLAlchemyError)
+"""The exceptions ``_unavailable`` looks at (``router.errors.unavailable`` decides)."""
+
 CLIENT_GONE = 499
 """nginx's convention: the client hung up before its request was read; nobody gets the answer."""
 
@@ -154,6 +166,46 @@ def _client_gone(request: Request, exc: Exception) -> Response:
     which made the overload worse."""
     log.info("client gone before its %s %s was read", request.method, request.url.path)
     return Response(status_code=CLIENT_GONE)
+
+
+DEPENDENCY_NAMES = {"database": "the database", "kafka": "the event stream (Kafka)"}
+DEFAULT_RETRY_AFTER_S = 2
+
+
+def unavailable(request: Request, dependency: str, detail: str | None = None) -> JSONResponse:
+    """503 with ``Retry-After``: a dependency this request needs is down. Nothing was carried
+    out (for a submission: nothing was accepted), so the same request may be sent again."""
+    jokko = getattr(request.app.state, "jokko", None)
+    retry_after = jokko.settings.api_retry_after_s if jokko else DEFAULT_RETRY_AFTER_S
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.unavailable.labels(dependency).inc()
+    name = DEPENDENCY_NAMES.get(dependency, dependency)
+    return problem(
+        503,
+        TITLES[503],
+        f"{detail or f'{name} is unavailable; nothing was done'}: retry in {retry_after} s",
+        kind="unavailable",
+        dependency=dependency,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def on_unavailable(request: Request, exc: Exception) -> Response:
+    """A dependency's failure (``RetryableError``, a Kafka client's error, a database that
+    refuses or drops connections or has none to lend) is a 503; any other database error
+    remains an unexpected one."""
+    retryable = errors.unavailable(exc)
+    if retryable is None:
+        return _unexpected(request, exc)
+    log.warning(
+        "%s unavailable (%s) on %s %s",
+        retryable.dependency,
+        type(exc).__name__,
+        request.method,
+        request.url.path,
+    )
+    return unavailable(request, retryable.dependency, retryable.detail)
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -168,6 +220,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(InvalidEvent, _invalid_event)
     app.add_exception_handler(WireFormatError, _wire_format)
     app.add_exception_handler(JokkoError, _jokko)
+    for dependency_error in UNAVAILABLE:
+        app.add_exception_handler(dependency_error, on_unavailable)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
 
@@ -181,4 +235,6 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-PROBLEM_RESPONSES = problem_responses(401, 403, 422)
+PROBLEM_RESPONSES = problem_responses(401, 403, 422, 503)
+"""What every authenticated route may answer: a token check needs the database (503 while it
+is down)."""

@@ -46,6 +46,7 @@ from starlette.concurrency import run_in_threadpool
 from adapters.base import Institution
 from router.store import AuditRow, ClientRow, SigningKeyRow
 from schemas.errors import JokkoError
+from services.api.problems import problem_responses
 
 log = logging.getLogger(__name__)
 
@@ -805,6 +806,7 @@ def security_router() -> APIRouter:
             400: {"model": OAuthErrorBody, "description": "RFC 6749 error"},
             401: {"model": OAuthErrorBody, "description": "Client authentication failed"},
             429: {"description": "Too many requests; see Retry-After"},
+            **problem_responses(503),
         },
         openapi_extra={
             "requestBody": {

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 
-from sqlalchemy import Connection, Engine, Table, bindparam, select, union_all
+from sqlalchemy import Engine, Table, bindparam, select, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -68,17 +67,19 @@ class Screening:
             if first.setdefault(str(event.event_id), digest) != digest:
                 self.conflicts.add(i)  # the same id twice in one request, other content
 
-    def check(self, engine: Engine, conn: Connection | None = None) -> None:
-        """Mark the events known under another digest; skipped (logged) if the store is away."""
+    def check(self, engine: Engine, *, required: bool = False) -> None:
+        """Mark the events known under another digest. If the store is away: the error goes
+        up when ``required`` (a keyed request needs the store anyway: 503), else the check is
+        skipped and logged (the router catches a conflict all the same)."""
         ids = sorted({str(e.event_id) for e in self.events})
         try:
-            with _connection(engine, conn) as c:
+            with engine.connect() as c:
                 known: dict[str, set[str]] = {}
                 for eid, digest in c.execute(_KNOWN, {"ids": ids}):
                     known.setdefault(eid, set()).add(digest)
-                if conn is not None:
-                    conn.rollback()  # no snapshot held while publishing
         except SQLAlchemyError as exc:
+            if required:
+                raise
             log.warning("conflict check skipped, the router will catch any: %s", type(exc).__name__)
             return
         for i, (event, digest) in enumerate(zip(self.events, self.digests, strict=True)):
@@ -89,7 +90,7 @@ class Screening:
     def accepted(self) -> list[CanonicalEvent]:
         return [e for i, e in enumerate(self.events) if i not in self.conflicts]
 
-    def remember(self, engine: Engine, conn: Connection | None = None) -> None:
+    def remember(self, engine: Engine) -> None:
         """After publishing: the accepted events' digests, the first one kept per id."""
         rows = {
             str(e.event_id): d
@@ -100,7 +101,7 @@ class Screening:
             return
         now = utcnow()
         try:
-            with _connection(engine, conn) as c, c.begin():
+            with engine.begin() as c:
                 insert = pg_insert if c.dialect.name == "postgresql" else sqlite_insert
                 c.execute(
                     insert(_SUBMITTED).on_conflict_do_nothing(index_elements=["event_id"]),
@@ -111,7 +112,3 @@ class Screening:
                 )
         except SQLAlchemyError as exc:
             log.warning("submitted digests not kept: %s", type(exc).__name__)
-
-
-def _connection(engine: Engine, conn: Connection | None) -> AbstractContextManager[Connection]:
-    return nullcontext(conn) if conn is not None else engine.connect()

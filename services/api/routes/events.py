@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
 from fastapi.responses import JSONResponse, Response
-from kafka.errors import KafkaError
 from pydantic import BaseModel
-from sqlalchemy import Connection, select
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from router.canonical import publish_events
+from router.canonical import OutcomeUnknown, Published, publish_events
+from router.errors import BrokerUnavailable
 from router.store import InboxRow, TrailRow
 from schemas import CanonicalEvent, InvalidEvent, parse_event
 from services.api import idempotency, pagination
@@ -36,11 +38,7 @@ from services.api.problems import (
 from services.api.security import Principal, Scope, require
 from services.api.submissions import ConflictingEvent, Screening
 
-router = APIRouter(
-    prefix="/v1/events",
-    tags=["events"],
-    responses=PROBLEM_RESPONSES,
-)
+router = APIRouter(prefix="/v1/events", tags=["events"], responses=PROBLEM_RESPONSES)
 JSON_ONLY = [Depends(require_json)]
 
 MAX_BATCH = 1000
@@ -111,17 +109,23 @@ class EventStatus(BaseModel):
     trail: list[TrailStep]
 
 
-def _publish(producer: ProducerDep, topic: str, events: list[CanonicalEvent]) -> list[Any]:
-    try:
-        return publish_events(producer, topic, events, timeout_s=10)
-    except KafkaError as exc:
-        raise HTTPException(
-            503, "the event stream is unavailable; nothing was accepted, retry later"
-        ) from exc
+def _publish(jokko: JokkoDep, producer: ProducerDep, events: list[CanonicalEvent]) -> list[Any]:
+    """On the canonical topic within ``api_broker_timeout_s``, or ``BrokerUnavailable`` (503)."""
+    timeout_s = jokko.settings.api_broker_timeout_s
+    return publish_events(producer, jokko.topics.canonical, events, timeout_s=timeout_s)
 
 
-Compute = Callable[[Connection | None], tuple[int, dict[str, Any]]]
-"""Works out a request's answer, on the idempotency connection when there is one."""
+@dataclass(frozen=True)
+class Submission:
+    """The events a request publishes, and its answer once they are on the topic."""
+
+    events: list[CanonicalEvent]
+    answer: Callable[[list[Published]], tuple[int, dict[str, Any]]]
+    accepted: Callable[[], None]
+    """Counts the accepted events (in the metrics) once they are."""
+    remember: Callable[[], None] = lambda: None
+    """Keeps the published events' digests (``Screening.remember``), when the request itself
+    saw them on the topic (not from the producer's thread, for an outcome known later)."""
 
 
 def _idempotent(
@@ -129,34 +133,73 @@ def _idempotent(
     key: str | None,
     principal: Principal,
     jokko: JokkoDep,
-    compute: Compute,
+    producer: ProducerDep,
+    outcomes: idempotency.Outcomes,
+    submission: Submission,
 ) -> Response:
-    """Answer from the stored first answer for this key, or compute and store it."""
+    """Publish and answer; with a key, claim it first and record the answer, or replay the
+    stored one (see ``services.api.idempotency`` for what an unknown outcome leaves)."""
     if key is None:
-        status, payload = compute(None)
+        published = _publish(jokko, producer, submission.events) if submission.events else []
+        submission.accepted()
+        submission.remember()
+        status, payload = submission.answer(published)
         return JSONResponse(payload, status_code=status)
-    idempotency.check_key(key)
+    client = principal.client_id
     digest = idempotency.body_hash(request_body)
-    # One connection for the look-up and the insert: one pool check-out (and pre-ping) less.
+    takeover_after_s = jokko.settings.api_broker_delivery_timeout_s + idempotency.TAKEOVER_MARGIN_S
+    # One connection for the claim and the answer: one pool check-out (and pre-ping) less.
     with jokko.engine.connect() as conn:
-        stored = idempotency.lookup(conn, principal.client_id, key, digest)
-        if stored is None:
-            status, payload = compute(conn)
-            stored = idempotency.remember(
-                conn,
-                principal.client_id,
-                key,
-                digest,
-                idempotency.StoredAnswer(status, json.dumps(payload).encode()),
-            )
-            replayed = "false"
-        else:
-            replayed = "true"
+        claimed = idempotency.claim(
+            conn,
+            client,
+            key,
+            digest,
+            [str(e.event_id) for e in submission.events],
+            takeover_after_s=takeover_after_s,
+        )
+        if isinstance(claimed, idempotency.StoredAnswer):
+            return _stored(claimed, replayed=True)
+
+        def answer(published: list[Published] | None) -> idempotency.StoredAnswer | None:
+            if published is None:
+                return None
+            status, payload = submission.answer(published)
+            return idempotency.StoredAnswer(status, json.dumps(payload).encode())
+
+        def settled(published: list[Published] | None) -> None:  # the producer's I/O thread
+            if published is not None:
+                submission.accepted()
+            outcomes.record(client, key, claimed, answer(published))
+
+        def record(outcome: idempotency.StoredAnswer | None) -> idempotency.StoredAnswer | None:
+            try:
+                return idempotency.apply(conn, client, key, claimed, outcome)
+            except SQLAlchemyError:  # the database went away meanwhile: record it later
+                outcomes.record(client, key, claimed, outcome)
+                return outcome
+
+        try:
+            published = _publish(jokko, producer, submission.events) if submission.events else []
+        except OutcomeUnknown as exc:
+            exc.in_flight.on_settled(settled)  # the key stays pending until then
+            raise
+        except BrokerUnavailable:
+            record(None)  # nothing was stored: the re-send publishes afresh
+            raise
+        submission.accepted()
+        submission.remember()
+        stored = record(answer(published))
+    assert stored is not None
+    return _stored(stored, replayed=False)
+
+
+def _stored(answer: idempotency.StoredAnswer, *, replayed: bool) -> Response:
     return Response(
-        stored.body,
-        status_code=stored.status_code,
+        answer.body,
+        status_code=answer.status_code,
         media_type="application/json",
-        headers={"Idempotent-Replayed": replayed},
+        headers={"Idempotent-Replayed": "true" if replayed else "false"},
     )
 
 
@@ -181,32 +224,45 @@ async def submit_event(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     body = await request.body()
+    if idempotency_key is not None:
+        idempotency.check_key(idempotency_key)
     events_in = request.app.state.metrics.events_in
 
-    def compute(conn: Connection | None) -> tuple[int, dict[str, Any]]:
+    def submit() -> Response:
         try:
             event = parse_event(body)  # InvalidEvent → 422 with the fields
         except InvalidEvent:
             events_in.labels("invalid").inc()
             raise
         screening = Screening([event])
-        screening.check(jokko.engine, conn)
+        screening.check(jokko.engine, required=idempotency_key is not None)
         if screening.conflicts:
             events_in.labels("conflict").inc()
             raise ConflictingEvent(str(event.event_id))
-        [published] = _publish(producer, jokko.topics.canonical, [event])
-        screening.remember(jokko.engine, conn)
-        events_in.labels("accepted").inc()
-        return 202, Accepted(
-            event_id=str(event.event_id),
-            event_type=event.event_type,
-            partition=published.partition,
-            offset=published.offset,
-        ).model_dump()
+
+        def answer(published: list[Published]) -> tuple[int, dict[str, Any]]:
+            [where] = published
+            return 202, Accepted(
+                event_id=str(event.event_id),
+                event_type=event.event_type,
+                partition=where.partition,
+                offset=where.offset,
+            ).model_dump()
+
+        accepted = events_in.labels("accepted").inc
+        return _idempotent(
+            body,
+            idempotency_key,
+            principal,
+            jokko,
+            producer,
+            request.app.state.outcomes,
+            Submission([event], answer, accepted, lambda: screening.remember(jokko.engine)),
+        )
 
     # Async only to read the body; validation, the acks=all wait and the idempotency rows
     # block, so they run in the threadpool and never stall the event loop.
-    return await run_in_threadpool(_idempotent, body, idempotency_key, principal, jokko, compute)
+    return await run_in_threadpool(submit)
 
 
 @router.post(
@@ -280,53 +336,65 @@ def _submit_batch(
         raise HTTPException(400, "the body is not JSON") from None
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
         raise HTTPException(400, f"the body must be a JSON array of 1 to {MAX_BATCH} events")
+    if idempotency_key is not None:
+        idempotency.check_key(idempotency_key)
     events_in = request.app.state.metrics.events_in
-
-    def compute(conn: Connection | None) -> tuple[int, dict[str, Any]]:
-        results: list[ItemResult] = []
-        valid: list[tuple[int, CanonicalEvent]] = []
-        for i, item in enumerate(items):
-            try:
-                valid.append((i, parse_event(item)))
-            except InvalidEvent as exc:
-                results.append(
-                    ItemResult(index=i, status="invalid", errors=field_problems(exc.errors, ""))
-                )
-        screening = Screening([e for _, e in valid])
-        if valid:
-            screening.check(jokko.engine, conn)
-        for n, (i, event) in enumerate(valid):
-            if n in screening.conflicts:
-                results.append(
-                    ItemResult(
-                        index=i,
-                        status="conflict",
-                        event_id=str(event.event_id),
-                        errors=[CONFLICT_PROBLEM],
-                    )
-                )
-            else:
-                results.append(ItemResult(index=i, status="accepted", event_id=str(event.event_id)))
-        results.sort(key=lambda r: r.index)
-        good = screening.accepted
-        if good:
-            _publish(producer, jokko.topics.canonical, good)
-            screening.remember(jokko.engine, conn)
-            events_in.labels("accepted").inc(len(good))
-        if screening.conflicts:
-            events_in.labels("conflict").inc(len(screening.conflicts))
-        if len(items) > len(valid):
-            events_in.labels("invalid").inc(len(items) - len(valid))
-        result = BatchResult(
-            accepted=len(good),
-            invalid=len(items) - len(valid),
-            conflicts=len(screening.conflicts),
-            items=results,
+    results: list[ItemResult] = []
+    valid: list[tuple[int, CanonicalEvent]] = []
+    for i, item in enumerate(items):
+        try:
+            valid.append((i, parse_event(item)))
+        except InvalidEvent as exc:
+            results.append(
+                ItemResult(index=i, status="invalid", errors=field_problems(exc.errors, ""))
+            )
+    screening = Screening([e for _, e in valid])
+    if valid:
+        screening.check(jokko.engine, required=idempotency_key is not None)
+    for n, (i, event) in enumerate(valid):
+        conflict = n in screening.conflicts
+        results.append(
+            ItemResult(
+                index=i,
+                status="conflict" if conflict else "accepted",
+                event_id=str(event.event_id),
+                errors=[CONFLICT_PROBLEM] if conflict else None,
+            )
         )
-        status = 202 if good else 409 if screening.conflicts else 422
+    results.sort(key=lambda r: r.index)
+    good = screening.accepted
+    if len(items) > len(valid):
+        events_in.labels("invalid").inc(len(items) - len(valid))
+    if screening.conflicts:
+        events_in.labels("conflict").inc(len(screening.conflicts))
+    result = BatchResult(
+        accepted=len(good),
+        invalid=len(items) - len(valid),
+        conflicts=len(screening.conflicts),
+        items=results,
+    )
+    status = 202 if good else 409 if screening.conflicts else 422
+
+    def answer(_published: list[Published]) -> tuple[int, dict[str, Any]]:
         return status, result.model_dump(exclude_none=True)
 
-    return _idempotent(body, idempotency_key, principal, jokko, compute)
+    def accepted() -> None:
+        if good:
+            events_in.labels("accepted").inc(len(good))
+
+    def remember() -> None:
+        if good:
+            screening.remember(jokko.engine)
+
+    return _idempotent(
+        body,
+        idempotency_key,
+        principal,
+        jokko,
+        producer,
+        request.app.state.outcomes,
+        Submission(good, answer, accepted, remember),
+    )
 
 
 @router.get(

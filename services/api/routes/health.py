@@ -8,9 +8,12 @@ reports the same truth and nothing is counted in process memory that a restart w
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -21,10 +24,10 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from router.broker import admin_client, wait_until_ready
+from router.broker import admin_client, check_reachable
 from router.errors import BrokerUnavailable
 from router.store import DeadLetterRow, MemberDuplicateRow, OutboxRow
-from services.api.problems import problem_responses
+from services.api.problems import DEPENDENCY_NAMES, TITLES, problem, problem_responses
 from services.bootstrap import Jokko
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,12 @@ class Metrics:
             "jokko_api_events_total",
             "Events submitted through the API, by outcome.",
             ["outcome"],
+            registry=self.registry,
+        )
+        self.unavailable = Counter(
+            "jokko_api_unavailable_total",
+            "Requests refused with 503 because a dependency was down, by dependency.",
+            ["dependency"],
             registry=self.registry,
         )
         self.request_seconds = Histogram(
@@ -147,7 +156,7 @@ def router_lag(jokko: Jokko) -> int | None:
     topic = jokko.topics.canonical
     group = jokko.settings.router_group
     try:
-        wait_until_ready(bootstrap, timeout_s=2)
+        check_reachable(bootstrap, timeout_s=1)
         admin = admin_client(bootstrap, timeout_s=2)
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=3000)
     except (KafkaError, BrokerUnavailable):
@@ -170,29 +179,72 @@ def healthz() -> Health:
     return Health(status="ok")
 
 
+class Readiness:
+    """Whether the database and the broker answer, each within ``timeout_s``: what ``/readyz``
+    reports and what the console's banner shows. ``down`` reuses a check younger than
+    ``max_age_s``, so pages do not probe the broker on every render."""
+
+    def __init__(self, jokko: Jokko, *, timeout_s: float = 1.0, max_age_s: float = 2.0) -> None:
+        self._jokko = jokko
+        self._timeout_s = timeout_s
+        self._max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._last: tuple[float, dict[str, str]] | None = None
+
+    def check(self) -> dict[str, str]:
+        """``{"database": "ok" | reason, "kafka": "ok" | reason}``, probed now."""
+        checks: dict[str, str] = {}
+        try:
+            with self._jokko.engine.connect() as conn:
+                conn.execute(text("select 1"))
+            checks["database"] = "ok"
+        except SQLAlchemyError as exc:
+            checks["database"] = type(exc).__name__
+        try:
+            check_reachable(self._jokko.settings.kafka_bootstrap, timeout_s=self._timeout_s)
+            checks["kafka"] = "ok"
+        except BrokerUnavailable:
+            checks["kafka"] = "unreachable"
+        with self._lock:
+            self._last = (time.monotonic(), checks)
+        return checks
+
+    def down(self) -> list[str]:
+        """The dependencies that are down (``database``, ``kafka``), from a recent check."""
+        with self._lock:
+            last = self._last
+        if last is None or time.monotonic() - last[0] > self._max_age_s:
+            checks = self.check()
+        else:
+            checks = last[1]
+        return [name for name, state in checks.items() if state != "ok"]
+
+
 @router.get(
     "/readyz",
     response_model=Health,
     summary="The database and Kafka are reachable",
     responses=problem_responses(503),
 )
-def readyz(request: Request) -> Health:
-    jokko: Jokko = request.app.state.jokko
-    checks: dict[str, str] = {}
-    try:
-        with jokko.engine.connect() as conn:
-            conn.execute(text("select 1"))
-        checks["database"] = "ok"
-    except SQLAlchemyError as exc:
-        checks["database"] = type(exc).__name__
-    try:
-        wait_until_ready(jokko.settings.kafka_bootstrap, timeout_s=2)
-        checks["kafka"] = "ok"
-    except BrokerUnavailable:
-        checks["kafka"] = "unreachable"
-    if any(v != "ok" for v in checks.values()):
-        raise HTTPException(503, "not ready: " + ", ".join(f"{k}={v}" for k, v in checks.items()))
-    return Health(status="ok", checks=checks)
+def readyz(request: Request) -> Response:
+    """200 when both answer; else a 503 problem whose ``dependency`` names what is down."""
+    readiness: Readiness = request.app.state.readiness
+    checks = readiness.check()
+    down = [name for name, state in checks.items() if state != "ok"]
+    if down:
+        jokko: Jokko = request.app.state.jokko
+        detail = "not ready: " + "; ".join(
+            f"{DEPENDENCY_NAMES[name]} is unavailable ({checks[name]})" for name in down
+        )
+        return problem(
+            503,
+            TITLES[503],
+            detail,
+            kind="unavailable",
+            dependency=",".join(down),
+            headers={"Retry-After": str(jokko.settings.api_retry_after_s)},
+        )
+    return JSONResponse(Health(status="ok", checks=checks).model_dump())
 
 
 @router.get(

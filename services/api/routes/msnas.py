@@ -52,7 +52,7 @@ def _submit(
     good = screening.accepted
     events_in = request.app.state.metrics.events_in
     if good:
-        _publish(producer, jokko.topics.canonical, good)
+        _publish(jokko, producer, good)
         screening.remember(jokko.engine)
         events_in.labels("accepted").inc(len(good))
     if screening.conflicts:
