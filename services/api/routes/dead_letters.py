@@ -1,20 +1,26 @@
 """Dead letters for operators: list, inspect, replay, discard with a reason. Every replay and
-discard is written to the audit log with who did it."""
+discard is written to the audit log with who did it, and so is every read of a dead letter's
+original record (personal data: ``services.api.access``)."""
 
 from __future__ import annotations
 
 import base64
+import json
+import re
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from router.audit import append as append_audit
 from router.replay import replay
-from router.store import AuditRow, DeadLetterRow, utcnow
+from router.store import DeadLetterRow, InboxRow, OutboxRow, utcnow
+from schemas.types import MEMBER_ID_PATTERN
 from services.api import pagination
+from services.api.access import audit_read
 from services.api.deps import JokkoDep, SessionDep
 from services.api.problems import PROBLEM_RESPONSES, problem_responses
 from services.api.security import Principal, Scope, require
@@ -89,13 +95,40 @@ def list_dead_letters(
 
 @router.get("/{dead_letter_id}", response_model=DeadLetterDetail, responses=problem_responses(404))
 def inspect_dead_letter(
-    dead_letter_id: DeadLetterId, session: SessionDep, _operator: Operator
+    dead_letter_id: DeadLetterId, request: Request, session: SessionDep, operator: Operator
 ) -> DeadLetterDetail:
+    """The original record is personal data: the read is audited, with its member."""
     row = _one(session, dead_letter_id)
     base = DeadLetter.model_validate(row, from_attributes=True)
-    return DeadLetterDetail(
+    detail = DeadLetterDetail(
         **base.model_dump(), original_base64=base64.b64encode(row.original).decode()
     )
+    audit_read(session, request, operator, "read.dead_letter", _members(session, row))
+    return detail
+
+
+_MEMBER_ID = re.compile(MEMBER_ID_PATTERN)
+
+
+def _members(session: Session, row: DeadLetterRow) -> list[str]:
+    """The member a dead letter is about: its delivery's, its event's, else the one its
+    original names (a poison record: only a well-formed member id, never whatever is there)."""
+    if row.message_id is not None:
+        member = session.scalar(
+            select(OutboxRow.member_id).where(OutboxRow.message_id == row.message_id)
+        )
+        if member is not None:
+            return [member]
+    if row.event_id is not None:
+        member = session.scalar(select(InboxRow.member_id).where(InboxRow.event_id == row.event_id))
+        if member is not None:
+            return [member]
+    try:
+        doc = json.loads(row.original)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    member = doc.get("member_id") if isinstance(doc, dict) else None
+    return [member] if isinstance(member, str) and _MEMBER_ID.fullmatch(member) else []
 
 
 @router.post(
@@ -135,12 +168,13 @@ def jokko_audit(
     jokko: JokkoDep, who: Principal, action: str, target: int, detail: str | None
 ) -> None:
     with Session(jokko.engine) as session, session.begin():
-        session.add(
-            AuditRow(
-                actor=who.client_id,
-                action=action,
-                target=f"dead_letter:{target}",
-                detail=detail,
-                at=utcnow(),
-            )
+        row = session.get(DeadLetterRow, target)
+        members = _members(session, row) if row is not None else []
+        append_audit(
+            session,
+            actor=who.client_id,
+            action=action,
+            target=f"dead_letter:{target}",
+            member_id=members[0] if members else None,
+            detail=detail,
         )
