@@ -97,7 +97,7 @@ def list_dead_letters(
 def inspect_dead_letter(
     dead_letter_id: DeadLetterId, request: Request, session: SessionDep, operator: Operator
 ) -> DeadLetterDetail:
-    """The original record is personal data: the read is audited, with its member."""
+    """The original record is personal data: each read is audited (caller, member, time)."""
     row = _one(session, dead_letter_id)
     base = DeadLetter.model_validate(row, from_attributes=True)
     detail = DeadLetterDetail(
