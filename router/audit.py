@@ -174,8 +174,8 @@ def verify(engine: Engine, *, head: str | None = None, batch: int = 5000) -> Ver
     """
     checked = 0
     prev: Any = None
+    # The hash of the row before ``prev``: a row chaining onto it means ``prev`` was put in.
     before_prev_hash = GENESIS
-    """The hash the row before ``prev`` had: a row chaining onto it means ``prev`` was put in."""
     head_seen = head is None
     with engine.connect() as conn:
         for row in _rows(conn, batch):
@@ -204,8 +204,8 @@ def verify(engine: Engine, *, head: str | None = None, batch: int = 5000) -> Ver
             None,
             None,
             prev.id if prev is not None else None,
-            f"the recorded head {head} is not in the chain: rows at its end were removed "
-            "(or rewritten)",
+            f"the recorded head {head} is not in the chain: rows were cut off its end "
+            f"(it now ends at row {prev.id if prev is not None else 'none'}), or it was rewritten",
         )
     return Verdict(checked, prev.id if prev else None, prev.row_hash if prev else None, None, None)
 
