@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session
 
+from router.audit import append as append_audit
 from router.store import (
-    AuditRow,
     DeadLetterRow,
     InboxRow,
     MemberIdentityRow,
@@ -95,5 +95,13 @@ def erase_member(
             .where(MemberIdentityRow.member_id == member_id)
             .returning(MemberIdentityRow.token)
         ).all()
-        s.add(AuditRow(at=now, actor=actor, action="member.erase", target=member_id, detail=reason))
+        append_audit(
+            s,
+            actor=actor,
+            action="member.erase",
+            target=member_id,
+            member_id=member_id,
+            detail=reason,
+            at=now,
+        )
     return ErasureReport(member_id, messages or 0, len(letters), len(tokens))

@@ -329,16 +329,23 @@ class IdempotencyRow(Base):
 
 
 class AuditRow(Base):
-    """Who did what: replays, discards, client changes, reconciliation runs."""
+    """Who did or read what: replays, discards, client changes, reconciliation runs, reads of
+    personal data. Append-only and hash-chained: written by ``router.audit.append`` alone."""
 
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    """Given by ``append`` (the head's + 1), so the ids of a chain have no gaps."""
     at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     actor: Mapped[str] = mapped_column(String(64), index=True)
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str | None] = mapped_column(String(255))
+    member_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    """The member whose data was read or acted on, when there is exactly one."""
     detail: Mapped[str | None] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    """The previous row's ``row_hash``: unique, so the chain cannot fork."""
+    row_hash: Mapped[str] = mapped_column(String(64))
 
 
 class ReconciliationRunRow(Base):

@@ -323,6 +323,41 @@ def _jokko_db() -> Jokko:
         raise typer.Exit(2) from None
 
 
+audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    head: Annotated[
+        str | None,
+        typer.Option(
+            help="A head hash recorded by an earlier run: it must still be in the chain, which "
+            "is what shows rows cut off at the end."
+        ),
+    ] = None,
+) -> None:
+    """Walk the audit chain: exit 0 with the rows checked and the head to record, or 1 naming
+    the first row altered, inserted or removed."""
+    from router.audit import verify
+
+    try:
+        engine = bootstrap(load_settings(), kafka=False).engine
+    except JokkoError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        verdict = verify(engine, head=head.strip().lower() if head else None)
+    finally:
+        engine.dispose()
+    if not verdict.ok:
+        typer.echo(f"audit log broken ({verdict.checked} rows good): {verdict.problem}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"audit log intact: {verdict.checked} rows checked")
+    if verdict.head_id is not None:
+        typer.echo(f"head: row {verdict.head_id} {verdict.head_hash}")
+
+
 contracts_app = typer.Typer(no_args_is_help=True, help="API and stream contracts (openapi/).")
 app.add_typer(contracts_app, name="contracts")
 DEFAULT_CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "openapi"

@@ -25,8 +25,8 @@ from pathlib import Path
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.orm import Session
 
+from router.audit import append as append_audit
 from router.store import (
-    AuditRow,
     DeliveryState,
     OutboxRow,
     ReconciliationItemRow,
@@ -122,7 +122,7 @@ def create_run(
         )
         s.add(run)
         s.flush()
-        s.add(AuditRow(actor=actor, action="reconcile.run", target=f"run {run.id}"))
+        append_audit(s, actor=actor, action="reconcile.run", target=f"run {run.id}")
         return run.id
 
 
@@ -264,12 +264,13 @@ def _redrive_one(s: Session, run_id: int, item_id: int, actor: str) -> str:
             )
         outcome = "redriven"
     item.redrive, item.redriven_at = outcome, now
-    s.add(
-        AuditRow(
-            actor=actor,
-            action="reconcile.redrive",
-            target=f"run {run_id} item {item_id}",
-            detail=outcome,
-        )
+    append_audit(
+        s,
+        actor=actor,
+        action="reconcile.redrive",
+        target=f"run {run_id} item {item_id}",
+        member_id=item.member_id,
+        detail=outcome,
+        at=now,
     )
     return outcome

@@ -4,8 +4,10 @@ Pages: the flow per institution (deliveries counted by state), an event's status
 event id or member id, dead letters with replay and discard, reconciliation runs with their
 report and chart (``services.reconcile_report``'s HTML, as the API serves it). Every read and
 action calls the same function the API route does, with the operator as its principal, so the
-console can neither see nor do more than the API, and replays and discards are audited by the
-same code. None of it is part of the API document (``include_in_schema=False``).
+console can neither see nor do more than the API, and replays, discards and reads of personal
+data are audited by the same code (``services.api.access``; the member's events page, which
+has no API twin, audits its own read). None of it is part of the API document
+(``include_in_schema=False``).
 
 Login: an operator client's id and secret get the OAuth2 client-credentials token the API
 issues (``Authority.issue_token``), kept in an ``HttpOnly`` (no script can read it),
@@ -34,6 +36,7 @@ import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -49,6 +52,7 @@ from adapters.base import Institution
 from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
 from schemas.errors import JokkoError
 from services.api import pagination, problems
+from services.api.access import audit_read
 from services.api.deps import JokkoDep, SessionDep
 from services.api.routes import dead_letters, deliveries, events, reconcile
 from services.api.routes.health import Readiness
@@ -336,6 +340,7 @@ def delivery_list(
 ) -> Response:
     who = _need(op, Scope.DELIVERIES_READ)
     page = deliveries.list_deliveries(
+        request,
         session,
         who,
         institution=institution,
@@ -379,13 +384,29 @@ def event_search(
     else:
         if session.get(InboxRow, q) is not None:
             return _see_other(f"{PREFIX}/events/{quote(q)}")
-    found = session.scalars(
-        select(InboxRow)
-        .where(InboxRow.member_id == q)
-        .order_by(InboxRow.received_at.desc(), InboxRow.event_id)
-        .limit(_MEMBER_EVENTS)
-    ).all()
+    found = [
+        _MemberEvent(e.event_id, e.event_type, e.recorded_at, e.received_at, e.destinations)
+        for e in session.scalars(
+            select(InboxRow)
+            .where(InboxRow.member_id == q)
+            .order_by(InboxRow.received_at.desc(), InboxRow.event_id)
+            .limit(_MEMBER_EVENTS)
+        )
+    ]
+    if found:  # q is then a member id, not whatever was typed
+        audit_read(session, request, op.principal, "read.member_events", [q])
     return _page(request, "events.html", op, q=q, found=found, limit=_MEMBER_EVENTS)
+
+
+@dataclass(frozen=True)
+class _MemberEvent:
+    """What the member's events page shows, held past the audit's commit (which expires rows)."""
+
+    event_id: str
+    event_type: str
+    recorded_at: datetime
+    received_at: datetime
+    destinations: str
 
 
 @router.get("/events/{event_id}")
@@ -397,7 +418,7 @@ def event_page(
 ) -> Response:
     who = _need(op, Scope.EVENTS_READ)
     try:
-        status = events.event_status(event_id, session, who)
+        status = events.event_status(event_id, request, session, who)
     except HTTPException as exc:
         return _failed(request, op, exc)
     rows = session.scalars(
@@ -547,7 +568,7 @@ def run_report(
     run page; CSV and JSON download under the run's number."""
     who = _need(op, Scope.RECONCILE)
     try:
-        report = reconcile.get_report(run_id, session, who, format=format)
+        report = reconcile.get_report(run_id, request, session, who, format=format)
     except HTTPException as exc:
         return _failed(request, op, exc)
     report.headers.update(_REPORT_HEADERS)

@@ -44,7 +44,8 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from adapters.base import Institution
-from router.store import AuditRow, ClientRow, SigningKeyRow
+from router.audit import append as append_audit
+from router.store import ClientRow, SigningKeyRow
 from schemas.errors import JokkoError
 from services.api.problems import problem_responses
 
@@ -351,7 +352,7 @@ class Authority:
                 if session.get(ClientRow, client_id) is not None:
                     raise ClientAdminError(f"client {client_id} already exists")
                 session.add(row)
-                session.add(self._audit_row(actor, "client.add", client_id, detail))
+                self._audit_in(session, actor, "client.add", client_id, detail)
         except IntegrityError:
             raise ClientAdminError(f"client {client_id} already exists") from None
         with self._lock:
@@ -366,7 +367,7 @@ class Authority:
                 raise ClientAdminError(f"no client {client_id}")
             if row.revoked_at is None:
                 row.revoked_at = self._now()
-                session.add(self._audit_row(actor, "client.revoke", client_id, None))
+                self._audit_in(session, actor, "client.revoke", client_id, None)
         with self._lock:
             self._clients.pop(client_id, None)
 
@@ -544,7 +545,7 @@ class Authority:
                 )
             session.add(row)
             action = "key.rotate" if retire else "key.create"
-            session.add(self._audit_row(actor, action, kid, None))
+            self._audit_in(session, actor, action, kid, None)
         self._refresh_keys()
         return kid
 
@@ -565,24 +566,20 @@ class Authority:
 
     # audit
 
-    def _audit_row(
-        self, actor: str, action: str, target: str | None, detail: str | None
-    ) -> AuditRow:
-        return AuditRow(
-            actor=actor[:64],
-            action=action[:64],
-            target=target[:255] if target is not None else None,
-            detail=detail,
-            at=self._now(),
+    def _audit_in(
+        self, session: Session, actor: str, action: str, target: str | None, detail: str | None
+    ) -> None:
+        """Chained in ``session``'s transaction: the row stands or falls with the change."""
+        append_audit(
+            session, actor=actor, action=action, target=target, detail=detail, at=self._now()
         )
 
     def audit(
         self, actor: str, action: str, target: str | None = None, detail: str | None = None
     ) -> None:
         """Record who did what (replays, discards, client and key changes); never secrets."""
-        row = self._audit_row(actor, action, target, detail)
         with Session(self.engine) as session, session.begin():
-            session.add(row)
+            self._audit_in(session, actor, action, target, detail)
 
 
 # --- rate limits ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters.base import Institution
+from router.audit import verify
 from router.processing import RawRecord
 from router.store import AuditRow, DeadLetterRow, DeliveryState
 from services.api.console import COOKIE, csrf_token
@@ -182,11 +183,15 @@ def test_operator_finds_an_event_replays_a_dead_delivery_and_reads_a_report(
 
     with Session(api.jokko.engine) as s:
         audit = [
-            (a.actor, a.action, a.target)
+            (a.actor, a.action, a.target, a.member_id)
             for a in s.scalars(select(AuditRow).where(AuditRow.actor == "console-operator"))
         ]
-    assert ("console-operator", "console.login", None) in audit
-    assert ("console-operator", "dead_letter.replay", f"dead_letter:{dead.id}") in audit
+    assert ("console-operator", "console.login", None, None) in audit
+    assert ("console-operator", "dead_letter.replay", f"dead_letter:{dead.id}", member) in audit
+    # the console's reads of the member's data, each named with the page that showed it
+    assert ("console-operator", "read.member_events", "GET /console/events", member) in audit
+    event_page = ("console-operator", "read.event", f"GET /console/events/{event_id}", member)
+    assert event_page in audit
 
     # a reconciliation run, started over the API, read in the console with its chart
     monkeypatch.setenv("JOKKO_RECONCILE_DIR", str(tmp_path))
@@ -210,6 +215,17 @@ def test_operator_finds_an_event_replays_a_dead_delivery_and_reads_a_report(
     assert report.locator("svg[aria-label='Discrepancies by region and period'] rect").count() > 0
     assert f"{len(truth)} discrepancies" in report.locator("p").first.inner_text()
     report.locator("svg").scroll_into_view_if_needed()
+    with Session(api.jokko.engine) as s:
+        [read] = s.scalars(
+            select(AuditRow).where(AuditRow.action == "read.reconciliation_report")
+        ).all()
+    assert (read.actor, read.target, read.member_id) == (
+        "console-operator",
+        f"GET /console/reconciliations/{run_id}/report",
+        None,
+    )
+    assert read.detail == f"run {run_id}: {len(truth)} discrepancies, html"
+    assert verify(api.jokko.engine).ok
     report_png = tmp_path / "console-reconciliation.png"
     page.screenshot(path=report_png, full_page=True)
 

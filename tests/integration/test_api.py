@@ -4,6 +4,7 @@ another's), dead letters, health and metrics, problem+json errors."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -22,10 +23,11 @@ from pathlib import Path
 import httpx
 import pytest
 from kafka import KafkaConsumer
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from adapters.base import Institution
+from router.audit import verify
 from router.processing import RawRecord
 from router.store import AuditRow, DeadLetterRow, DeliveryState, OutboxRow
 from schemas import dump_event
@@ -288,6 +290,82 @@ def test_dead_letters_replay_and_discard_are_audited(api: Api) -> None:
         assert ("operator", "dead_letter.replay") in audit
         assert ("operator", "dead_letter.discard") in audit
         assert s.scalars(select(DeadLetterRow)).all()
+
+
+def audit_after(api: Api, last_id: int) -> list[tuple[str, str, str | None, str | None]]:
+    """The audit rows appended after ``last_id``: (actor, action, target, member_id)."""
+    with Session(api.jokko.engine) as s:
+        rows = s.scalars(select(AuditRow).where(AuditRow.id > last_id).order_by(AuditRow.id))
+        return [(a.actor, a.action, a.target, a.member_id) for a in rows]
+
+
+def audit_head(api: Api) -> int:
+    with Session(api.jokko.engine) as s:
+        return s.scalar(select(func.max(AuditRow.id))) or 0
+
+
+def test_reading_a_dead_letters_original_is_audited_once_with_the_member(api: Api) -> None:
+    """The original record holds the member's NIN and names: reading it appends one chained
+    row naming the operator, the endpoint and the member, and none of the personal values."""
+    poison = example("member.enrolled")
+    payload = dict(poison["payload"])  # type: ignore[call-overload]
+    poison["payload"] = {**payload, "region": "SN-XX"}  # invalid: a dead letter, kept whole
+    identity: dict[str, str] = payload["identity"]
+    api.jokko.processor().process_batch([RawRecord("canonical", 0, 1, json.dumps(poison).encode())])
+    before = audit_head(api)
+    with api.client("operator") as op:
+        [listed] = op.get("/v1/dead-letters").json()["items"]
+        assert audit_after(api, before) == [], "the list shows no record and no member"
+        read = op.get(f"/v1/dead-letters/{listed['id']}")
+        assert read.status_code == 200
+        assert identity["nin"] in base64.b64decode(read.json()["original_base64"]).decode()
+        assert op.get("/v1/dead-letters/999999").status_code == 404
+    assert audit_after(api, before) == [
+        ("operator", "read.dead_letter", f"GET /v1/dead-letters/{listed['id']}",
+         poison["member_id"]),
+    ]  # fmt: skip
+    with Session(api.jokko.engine) as s:
+        row = s.scalars(select(AuditRow).where(AuditRow.id > before)).one()
+        kept = " ".join(str(v) for v in (row.actor, row.target, row.member_id, row.detail, row.at))
+    personal = [identity[k] for k in ("nin", "given_names", "family_name", "phone")]
+    assert not [v for v in personal if v in kept]
+    assert verify(api.jokko.engine).ok
+
+
+def test_reads_of_deliveries_and_trails_are_audited_with_their_members(api: Api) -> None:
+    route(api, [*enrolments(3), *contributions(3, 1)])
+    with Session(api.jokko.engine) as s:
+        css_rows = s.execute(
+            select(OutboxRow.message_id, OutboxRow.member_id, OutboxRow.event_id)
+            .where(OutboxRow.institution == "css")
+            .order_by(OutboxRow.id)
+        ).all()
+    message_id, member, event_id = css_rows[0]
+    members = sorted({m for _, m, _ in css_rows})
+    assert len(members) == 3
+    before = audit_head(api)
+    with api.client("css") as css, api.client("cmu") as cmu, api.client("operator") as op:
+        assert css.get(f"/v1/deliveries/{message_id}").status_code == 200
+        assert cmu.get(f"/v1/deliveries/{message_id}").status_code == 404, "not cmu's"
+        assert css.get("/v1/deliveries", params={"member_id": member}).json()["items"]
+        assert css.get("/v1/deliveries", params={"member_id": "MSNAS-DK-999999"}).json() == {
+            "items": [],
+            "next_cursor": None,
+        }
+        page = css.get("/v1/deliveries", params={"limit": 500}).json()["items"]
+        assert {d["member_id"] for d in page} == set(members)
+        assert op.get(f"/v1/events/{event_id}").status_code == 200
+    rows = audit_after(api, before)
+    assert rows == [
+        ("css", "read.delivery", f"GET /v1/deliveries/{message_id}", member),
+        ("css", "read.deliveries", "GET /v1/deliveries", member),
+        ("css", "read.deliveries", "GET /v1/deliveries", None),
+        ("operator", "read.event", f"GET /v1/events/{event_id}", member),
+    ], "one row per read that returned someone's data; none for a 404 or an empty page"
+    with Session(api.jokko.engine) as s:
+        listed = s.scalars(select(AuditRow.detail).where(AuditRow.id == before + 3)).one()
+    assert json.loads(listed or "") == {"members": 3, "member_ids": members}
+    assert verify(api.jokko.engine).ok
 
 
 def test_health_readiness_metrics_and_limits(api: Api) -> None:

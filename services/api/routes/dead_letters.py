@@ -1,22 +1,28 @@
 """Dead letters for operators: list, inspect, replay, discard with a reason. Every replay and
-discard is written to the audit log with who did it."""
+discard is written to the audit log with who did it, and so is every read of a dead letter's
+original record (personal data: ``services.api.access``)."""
 
 from __future__ import annotations
 
 import base64
+import json
+import re
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from router.audit import append as append_audit
 from router.replay import replay
 from router.sealing import open_original
-from router.store import AuditRow, DeadLetterRow, utcnow
+from router.store import DeadLetterRow, InboxRow, OutboxRow, utcnow
 from router.vault import SealError
+from schemas.types import MEMBER_ID_PATTERN
 from services.api import pagination
+from services.api.access import audit_read
 from services.api.deps import JokkoDep, SessionDep
 from services.api.problems import PROBLEM_RESPONSES, problem_responses
 from services.api.security import Principal, Scope, require
@@ -93,17 +99,50 @@ def list_dead_letters(
     "/{dead_letter_id}", response_model=DeadLetterDetail, responses=problem_responses(404, 410)
 )
 def inspect_dead_letter(
-    dead_letter_id: DeadLetterId, session: SessionDep, jokko: JokkoDep, _operator: Operator
+    dead_letter_id: DeadLetterId,
+    request: Request,
+    session: SessionDep,
+    jokko: JokkoDep,
+    operator: Operator,
 ) -> DeadLetterDetail:
+    """The original record is personal data: each read is audited (caller, member, time)."""
     row = _one(session, dead_letter_id)
     base = DeadLetter.model_validate(row, from_attributes=True)
     try:
         original = open_original(session.connection(), jokko.vault, row)
     except SealError as exc:
         raise HTTPException(410, f"the original cannot be read: {exc}") from None
-    return DeadLetterDetail(
+    detail = DeadLetterDetail(
         **base.model_dump(), original_base64=base64.b64encode(original).decode()
     )
+    audit_read(session, request, operator, "read.dead_letter", _members(session, row, original))
+    return detail
+
+
+_MEMBER_ID = re.compile(MEMBER_ID_PATTERN)
+
+
+def _members(session: Session, row: DeadLetterRow, original: bytes) -> list[str]:
+    """The member a dead letter is about: its own, its delivery's, its event's, else the one
+    its original names (a poison record: only a well-formed member id, never whatever is there)."""
+    if row.member_id is not None:
+        return [row.member_id]
+    if row.message_id is not None:
+        member = session.scalar(
+            select(OutboxRow.member_id).where(OutboxRow.message_id == row.message_id)
+        )
+        if member is not None:
+            return [member]
+    if row.event_id is not None:
+        member = session.scalar(select(InboxRow.member_id).where(InboxRow.event_id == row.event_id))
+        if member is not None:
+            return [member]
+    try:
+        doc = json.loads(original)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    member = doc.get("member_id") if isinstance(doc, dict) else None
+    return [member] if isinstance(member, str) and _MEMBER_ID.fullmatch(member) else []
 
 
 @router.post(
@@ -143,12 +182,19 @@ def jokko_audit(
     jokko: JokkoDep, who: Principal, action: str, target: int, detail: str | None
 ) -> None:
     with Session(jokko.engine) as session, session.begin():
-        session.add(
-            AuditRow(
-                actor=who.client_id,
-                action=action,
-                target=f"dead_letter:{target}",
-                detail=detail,
-                at=utcnow(),
-            )
+        row = session.get(DeadLetterRow, target)
+        members = []
+        if row is not None:
+            try:
+                original = open_original(session.connection(), jokko.vault, row)
+            except SealError:  # erased: the letter still names its member when it knew one
+                original = b""
+            members = _members(session, row, original)
+        append_audit(
+            session,
+            actor=who.client_id,
+            action=action,
+            target=f"dead_letter:{target}",
+            member_id=members[0] if members else None,
+            detail=detail,
         )

@@ -1,7 +1,8 @@
 """Deliveries (one per message and institution) and the acknowledgements institutions post.
 
 An institution's client sees only its own: another institution's records answer 404, exactly
-as if they did not exist, so their existence does not leak.
+as if they did not exist, so their existence does not leak. Deliveries name members and what
+was sent about them: every read that returns some is audited (``services.api.access``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from router.acks import apply_acks
 from router.canonical import publish_events
 from router.store import DeliveryState, OutboxRow
 from services.api import pagination
+from services.api.access import audit_read
 from services.api.deps import JokkoDep, ProducerDep, SessionDep
 from services.api.problems import PROBLEM_RESPONSES, problem_responses
 from services.api.security import Principal, Scope, require
@@ -66,6 +68,7 @@ def _not_found() -> HTTPException:
     responses=problem_responses(400, 404),
 )
 def list_deliveries(
+    request: Request,
     session: SessionDep,
     principal: Annotated[Principal, require(Scope.DELIVERIES_READ)],
     institution: Annotated[Institution | None, Query()] = None,
@@ -93,10 +96,15 @@ def list_deliveries(
         query = query.where(OutboxRow.created_at < until)
     rows = session.scalars(query.order_by(OutboxRow.id).limit(limit + 1)).all()
     page = rows[:limit]
-    return pagination.Page[Delivery](
+    result = pagination.Page[Delivery](
         items=[Delivery.of(r) for r in page],
         next_cursor=pagination.encode(page[-1].id) if len(rows) > limit else None,
     )
+    if result.items:
+        audit_read(
+            session, request, principal, "read.deliveries", (d.member_id for d in result.items)
+        )
+    return result
 
 
 @router.get(
@@ -104,13 +112,16 @@ def list_deliveries(
 )
 def get_delivery(
     message_id: Annotated[str, Path(max_length=36, pattern=pagination.NO_NUL)],
+    request: Request,
     session: SessionDep,
     principal: Annotated[Principal, require(Scope.DELIVERIES_READ)],
 ) -> Delivery:
     row = session.scalars(select(OutboxRow).where(OutboxRow.message_id == message_id)).first()
     if row is None or not principal.may_see(row.institution):
         raise _not_found()
-    return Delivery.of(row)
+    delivery = Delivery.of(row)
+    audit_read(session, request, principal, "read.delivery", [delivery.member_id])
+    return delivery
 
 
 @router.post(

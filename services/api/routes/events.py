@@ -27,6 +27,7 @@ from router.errors import BrokerUnavailable
 from router.store import InboxRow, TrailRow
 from schemas import CanonicalEvent, InvalidEvent, parse_event
 from services.api import idempotency, pagination
+from services.api.access import audit_read
 from services.api.deps import JokkoDep, ProducerDep, SessionDep, require_json
 from services.api.problems import (
     PROBLEM_JSON,
@@ -405,6 +406,7 @@ def _submit_batch(
 )
 def event_status(
     event_id: Annotated[str, Path(max_length=36, pattern=pagination.NO_NUL)],
+    request: Request,
     session: SessionDep,
     principal: Annotated[Principal, require(Scope.EVENTS_READ)],
 ) -> EventStatus:
@@ -414,7 +416,7 @@ def event_status(
     steps = session.scalars(
         select(TrailRow).where(TrailRow.event_id == event_id).order_by(TrailRow.id)
     ).all()
-    return EventStatus(
+    status = EventStatus(
         event_id=inbox.event_id,
         event_type=inbox.event_type,
         member_id=inbox.member_id,
@@ -433,3 +435,5 @@ def event_status(
             if t.institution is None or principal.may_see(t.institution)
         ],
     )
+    audit_read(session, request, principal, "read.event", [status.member_id])
+    return status

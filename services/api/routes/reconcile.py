@@ -11,7 +11,7 @@ import contextlib
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Query
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from router.store import ReconciliationRunRow
 from services.api import pagination
+from services.api.access import audit_read
 from services.api.deps import JokkoDep, SessionDep
 from services.api.pagination import MAX_ID
 from services.api.problems import PROBLEM_RESPONSES, problem_responses
@@ -207,8 +208,9 @@ def get_run(run_id: RunId, session: SessionDep, _operator: Operator) -> Run:
 )
 def get_report(
     run_id: RunId,
+    request: Request,
     session: SessionDep,
-    _operator: Operator,
+    operator: Operator,
     format: Annotated[Literal["json", "csv", "html"], Query()] = "json",
 ) -> Response:
     """The run's report: JSON (summary + discrepancies), CSV (one row each), or an HTML page."""
@@ -218,10 +220,21 @@ def get_report(
     meta = {k: v for k, v in run_dict(run).items() if k != "sources"}
     rows = items(session, run_id)
     if format == "csv":
-        return PlainTextResponse(to_csv(rows), media_type="text/csv")
-    if format == "html":
-        return HTMLResponse(to_html(meta, rows))
-    return Response(to_json(meta, rows), media_type="application/json")
+        report: Response = PlainTextResponse(to_csv(rows), media_type="text/csv")
+    elif format == "html":
+        report = HTMLResponse(to_html(meta, rows))
+    else:
+        report = Response(to_json(meta, rows), media_type="application/json")
+    # A done run's discrepancies never change, so the run id names the members shown; a
+    # report may list 100,000 of them, which the audit row does not copy.
+    audit_read(
+        session,
+        request,
+        operator,
+        "read.reconciliation_report",
+        detail=f"run {run_id}: {len(rows)} discrepancies, {format}",
+    )
+    return report
 
 
 @router.post(
