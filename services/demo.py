@@ -562,13 +562,11 @@ class Demo:
         table = Table(
             title=f"Reconciliation run {run_id}: the mutual's ledger against the extracts"
         )
-        for column in ("institution", "missing", "extra", "mismatch", "duplicate"):
+        kinds = ("missing", "extra", "mismatch", "duplicate", "duplicate_member")
+        for column in ("institution", *kinds):
             table.add_column(column, justify="left" if column == "institution" else "right")
         for inst in INSTITUTIONS:
-            table.add_row(
-                inst.upper(),
-                *(str(found[(inst, k)]) for k in ("missing", "extra", "mismatch", "duplicate")),
-            )
+            table.add_row(inst.upper(), *(str(found[(inst, k)]) for k in kinds))
         self.console.print(table)
         self.console.print(f"report: {self.api}/v1/reconciliations/{run_id}/report?format=html")
         return run_id

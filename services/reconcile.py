@@ -36,6 +36,10 @@ class Kind(StrEnum):
     """On both sides with different amount, period (claims), package, status or dependents."""
     DUPLICATE = "duplicate"
     """The institution holds the same record more than once (each copy beyond the first)."""
+    DUPLICATE_MEMBER = "duplicate_member"
+    """One person (the same NIN, by token) affiliated under two member ids: ``ref`` and
+    ``expected`` name the first id, ``member_id`` the second (from Jokko's store, not the files:
+    neither the ledger nor an extract carries NINs)."""
 
 
 class Discrepancy(NamedTuple):

@@ -28,6 +28,9 @@ from sqlalchemy.orm import Session
 from router.audit import append as append_audit
 from router.store import (
     DeliveryState,
+    InboxRow,
+    MemberDuplicateRow,
+    MemberProfileRow,
     OutboxRow,
     ReconciliationItemRow,
     ReconciliationRunRow,
@@ -159,6 +162,9 @@ def execute_run(
             progress=progress,
             engine=reconcile_engine,
         )
+        for d in duplicate_members(engine, set(extracts)):
+            collector.add(d)
+            totals.add(d)
         collector.flush()
     except Exception as exc:
         collector.reset()
@@ -171,6 +177,36 @@ def execute_run(
         run = s.get_one(ReconciliationRunRow, run_id)
         run.state, run.summary, run.finished_at = "done", json.dumps(summary), utcnow()
     return summary
+
+
+def duplicate_members(engine: Engine, institutions: set[str]) -> Iterable[Discrepancy]:
+    """Second affiliations of one NIN still to review (``member_duplicate``), at each of these
+    institutions the second enrolment was routed to. An affiliation has no period: every run
+    reports them, until an operator marks them reviewed."""
+    with Session(engine) as s:
+        rows = s.execute(
+            select(
+                MemberDuplicateRow.member_id,
+                MemberDuplicateRow.other_member_id,
+                MemberDuplicateRow.event_id,
+                InboxRow.destinations,
+                MemberProfileRow.region,
+            )
+            .join(InboxRow, InboxRow.event_id == MemberDuplicateRow.event_id)
+            .outerjoin(MemberProfileRow, MemberProfileRow.member_id == MemberDuplicateRow.member_id)
+            .where(
+                MemberDuplicateRow.reviewed_at.is_(None),
+                MemberDuplicateRow.action == "flagged",
+            )
+            .order_by(MemberDuplicateRow.id)
+        ).all()
+    for member, other, event_id, destinations, region in rows:
+        for institution in INSTITUTIONS:
+            if institution in institutions and institution in destinations.split(","):
+                yield Discrepancy(
+                    institution, "member", Kind.DUPLICATE_MEMBER, member, "", "", other,
+                    region or "", 0, 0, "nin", other, member, event_id,
+                )  # fmt: skip
 
 
 def run_files(

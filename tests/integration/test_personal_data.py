@@ -40,6 +40,7 @@ from router.vault import MEMBER
 from services import keyring
 from services.bootstrap import Jokko, bootstrap
 from services.demo_data import generate_month, previous_period
+from services.reconcile_runs import duplicate_members
 from services.settings import InvalidSettings, Settings
 from tests.integration.test_api import Api, api, on_topic
 from tests.integration.test_router_flow import route_until_idle
@@ -384,13 +385,23 @@ def test_the_same_nin_under_another_member_id_is_flagged_or_held(
         )
         assert sorted(i.member_id for i in identities) == ["MSNAS-DK-000001", "MSNAS-DK-000002"]
         assert all("1234519880001" not in i.token for i in identities)
+        reported = list(duplicate_members(app.engine, {"cmu", "css", "ipres"}))
         if policy is DuplicatePolicy.FLAG:
             assert dup.action == "flagged"
             assert Stage.DUPLICATE_MEMBER in steps
+            # every reconciliation run reports it, at each institution it reached
+            assert [(d.institution, d.kind, d.member_id, d.ref) for d in reported] == [
+                ("cmu", "duplicate_member", "COMM-TH-000042", "MSNAS-DK-000001")
+            ] + [
+                (i, "duplicate_member", "COMM-TH-000042", "MSNAS-DK-000001")
+                for i in ("css", "ipres")
+                if i in {m.institution for m in sent}
+            ]
             assert sent
             assert not letters
         else:
             assert dup.action == "held"
+            assert reported == [], "held: affiliated nowhere, nothing to reconcile"
             assert [d.reason for d in letters] == ["duplicate_member"]
             assert "MSNAS-DK-000001" in letters[0].detail
             assert not sent
