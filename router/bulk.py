@@ -13,6 +13,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, any_, bindparam, cast, func, insert, update
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from router.store import Base, TrailRow
 
@@ -99,3 +101,14 @@ def update_rows(
         values.update({c: given.c[f"u_{c}"] for c in varying})
         stmt = update(table).where(table.c[key] == given.c[f"u_{key}"]).values(values)
     conn.execute(stmt, params)
+
+
+def insert_new(
+    conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], key: str
+) -> set[Any]:
+    """Insert the rows whose ``key`` is free; returns the keys this call took. A key taken
+    meanwhile by another transaction is simply not returned: the unique index decides, not a
+    read before the write (members' data keys, NIN tokens)."""
+    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = upsert(table).on_conflict_do_nothing(index_elements=[key]).returning(table.c[key])
+    return set(conn.execute(stmt, list(rows)).scalars())

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import Connection, Table, bindparam, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from router.bulk import insert_new
 from router.store import MemberIdentityRow, utcnow
 from router.vault import Vault
 from schemas import MemberEnrolled
@@ -54,7 +53,6 @@ def claim_identities(
             duplicates[eid] = owner
     if claims:
         now = utcnow()
-        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
         rows = [
             {
                 "token": token,
@@ -65,14 +63,7 @@ def claim_identities(
             }
             for token, (eid, e) in claims.items()
         ]
-        taken = set(
-            conn.execute(
-                insert(IDENTITY)
-                .on_conflict_do_nothing(index_elements=["token"])
-                .returning(IDENTITY.c.token),
-                rows,
-            ).scalars()
-        )
+        taken = insert_new(conn, IDENTITY, rows, "token")
         lost = sorted(set(claims) - taken)  # claimed meanwhile by another router
         if lost:
             for token, member, mutual in conn.execute(_OWNERS, {"tokens": lost}):

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    bindparam,
+    select,
+    update,
+)
 
+from router.bulk import insert_new
 from router.store import DeadLetterRow, MemberKeyRow, OutboxRow, utcnow
 from router.vault import MEMBER, SealError, Vault
 
@@ -62,15 +69,7 @@ def writable_keys(
             rows.append(
                 {"member_id": member, "kek_id": kid, "wrapped_dek": wrapped, "created_at": now}
             )
-        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        made = set(
-            conn.execute(
-                insert(MEMBER_KEY)
-                .on_conflict_do_nothing(index_elements=["member_id"])
-                .returning(MEMBER_KEY.c.member_id),
-                rows,
-            ).scalars()
-        )
+        made = insert_new(conn, MEMBER_KEY, rows, "member_id")
         deks.update({m: fresh[m] for m in made})
         if len(made) < len(missing):  # made meanwhile by another router: theirs stands
             deks.update(member_keys(conn, vault, set(missing) - made))
@@ -104,85 +103,65 @@ def open_original(conn: Connection, vault: Vault, dead: DeadLetterRow) -> bytes:
     return open_body(vault, deks, member, dead.message_id, dead.original)
 
 
+def _chunks(
+    engine: Engine, key: Any, query: Any, start: Any, chunk: int
+) -> Iterator[tuple[Connection, Sequence[Row[Any]]]]:
+    """``query``'s rows in ``key`` order, ``chunk`` at a time, each chunk in a transaction of
+    its own that commits once the caller is done with it (keyset paging: no offset scans)."""
+    last = start
+    while True:
+        with engine.begin() as conn:
+            rows = conn.execute(query.where(key > last).order_by(key).limit(chunk)).all()
+            if not rows:
+                return
+            yield conn, rows
+            last = rows[-1][0]
+
+
 def rewrap(engine: Engine, vault: Vault, chunk: int = 1000) -> dict[str, int]:
     """Re-seal under the current data key everything sealed under an older one, and seal
     what is still in clear from before encryption at rest; in chunks of ``chunk`` rows, each
     its own transaction (safe to run beside the router and relay, safe to run again)."""
     counts = {"member keys": 0, "dead letters": 0, "message bodies": 0}
     current = vault.keyring.data.current
-    last = ""
-    while True:  # members' data keys
-        with engine.begin() as conn:
-            rows = (
-                conn.execute(
-                    select(MEMBER_KEY.c.member_id)
-                    .where(
-                        MEMBER_KEY.c.member_id > last,
-                        MEMBER_KEY.c.kek_id != current,
-                        MEMBER_KEY.c.wrapped_dek.is_not(None),
-                    )
-                    .order_by(MEMBER_KEY.c.member_id)
-                    .limit(chunk)
-                )
-                .scalars()
-                .all()
+    stale_keys = select(MEMBER_KEY.c.member_id).where(
+        MEMBER_KEY.c.kek_id != current, MEMBER_KEY.c.wrapped_dek.is_not(None)
+    )
+    for conn, rows in _chunks(engine, MEMBER_KEY.c.member_id, stale_keys, "", chunk):
+        writable_keys(conn, vault, [r.member_id for r in rows])  # re-wraps the stale ones
+        counts["member keys"] += len(rows)
+    letters = select(DeadLetterRow.id, DeadLetterRow.original)
+    for conn, rows in _chunks(engine, DeadLetterRow.id, letters, 0, chunk):
+        stale = [  # under an older keyring key, or in clear
+            {"i": r.id, "o": vault.seal(vault.open(r.original, DEAD_LETTER_AAD), DEAD_LETTER_AAD)}
+            for r in rows
+            if r.original
+            and not r.original.startswith(MEMBER)
+            and vault.sealed_under(r.original) != current
+        ]
+        if stale:
+            conn.execute(
+                update(DeadLetterRow)
+                .where(DeadLetterRow.id == bindparam("i"))
+                .values(original=bindparam("o")),
+                stale,
             )
-            if not rows:
-                break
-            writable_keys(conn, vault, rows)  # re-wraps the stale ones
-            counts["member keys"] += len(rows)
-            last = rows[-1]
-    last_id = 0
-    while True:  # dead-letter originals under a keyring key, or in clear
-        with engine.begin() as conn:
-            letters = conn.execute(
-                select(DeadLetterRow.id, DeadLetterRow.original)
-                .where(DeadLetterRow.id > last_id)
-                .order_by(DeadLetterRow.id)
-                .limit(chunk)
-            ).all()
-            if not letters:
-                break
-            stale = [
-                {"i": i, "o": vault.seal(vault.open(o, DEAD_LETTER_AAD), DEAD_LETTER_AAD)}
-                for i, o in letters
-                if o and not o.startswith(MEMBER) and vault.sealed_under(o) != current
-            ]
-            if stale:
-                conn.execute(
-                    update(DeadLetterRow)
-                    .where(DeadLetterRow.id == bindparam("i"))
-                    .values(original=bindparam("o")),
-                    stale,
-                )
-            counts["dead letters"] += len(stale)
-            last_id = letters[-1][0]
-    last_id = 0
-    while True:  # message bodies still in clear
-        with engine.begin() as conn:
-            clear = conn.execute(
-                select(OutboxRow.id, OutboxRow.member_id, OutboxRow.message_id, OutboxRow.body)
-                .where(OutboxRow.id > last_id)
-                .order_by(OutboxRow.id)
-                .limit(chunk)
-            ).all()
-            if not clear:
-                break
-            todo = [r for r in clear if not r.body.startswith(MEMBER)]
-            if todo:
-                deks = writable_keys(conn, vault, {r.member_id for r in todo})
-                sealed = [
-                    {"i": r.id, "b": vault.seal_for_member(dek, r.body, r.message_id.encode())}
-                    for r in todo
-                    if (dek := deks.get(r.member_id)) is not None
-                ]
-                if sealed:
-                    conn.execute(
-                        update(OutboxRow)
-                        .where(OutboxRow.id == bindparam("i"))
-                        .values(body=bindparam("b")),
-                        sealed,
-                    )
-                counts["message bodies"] += len(sealed)
-            last_id = clear[-1][0]
+        counts["dead letters"] += len(stale)
+    bodies = select(OutboxRow.id, OutboxRow.member_id, OutboxRow.message_id, OutboxRow.body)
+    for conn, rows in _chunks(engine, OutboxRow.id, bodies, 0, chunk):
+        clear = [r for r in rows if not r.body.startswith(MEMBER)]
+        if not clear:
+            continue
+        deks = writable_keys(conn, vault, {r.member_id for r in clear})
+        sealed = [
+            {"i": r.id, "b": vault.seal_for_member(dek, r.body, r.message_id.encode())}
+            for r in clear
+            if (dek := deks.get(r.member_id)) is not None
+        ]
+        if sealed:
+            conn.execute(
+                update(OutboxRow).where(OutboxRow.id == bindparam("i")).values(body=bindparam("b")),
+                sealed,
+            )
+        counts["message bodies"] += len(sealed)
     return counts
