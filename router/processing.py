@@ -18,6 +18,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -401,11 +402,16 @@ def _clear(_member: str, _message: str, body: bytes) -> bytes:
 
 
 def _sealer(vault: Vault, deks: Mapping[str, bytes | None]) -> Seal:
+    ciphers: dict[str, AESGCM] = {}
+
     def seal(member: str, message: str, body: bytes) -> bytes:
-        dek = deks.get(member)
-        if dek is None:
-            raise MemberErased(f"{member}: personal data erased, nothing is sent")
-        return vault.seal_for_member(dek, body, message.encode())
+        cipher = ciphers.get(member)
+        if cipher is None:
+            dek = deks.get(member)
+            if dek is None:
+                raise MemberErased(f"{member}: personal data erased, nothing is sent")
+            cipher = ciphers[member] = AESGCM(dek)
+        return vault.seal_for_member(cipher, body, message.encode())
 
     return seal
 
