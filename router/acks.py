@@ -148,9 +148,20 @@ class DecisionPublisher:
 
 
 def apply_acks(
-    engine: Engine, institution: Institution, acks: Sequence[Ack], *, channel: str
+    engine: Engine,
+    institution: Institution,
+    acks: Sequence[Ack],
+    *,
+    channel: str,
+    decisions: Callable[[Sequence[ClaimAdjudicated]], None] | None = None,
 ) -> AckReport:
-    """Apply acks in one transaction; safe to call again with the same acks."""
+    """Apply acks in one transaction; safe to call again with the same acks.
+
+    ``decisions`` publishes CMU's decisions the acks carry, *before* the transaction commits:
+    if it raises, nothing is applied and the same acks applied again give the same events
+    (ids from the answered message, times from the decision). Published after the commit, a
+    failure would leave the acks applied and their decisions never published: the next
+    reading finds the acks already applied and emits nothing."""
     report = AckReport()
     if not acks:
         return report
@@ -237,6 +248,8 @@ def apply_acks(
         copy_rows(conn, TRAIL.name, TRAIL_COLUMNS, trail)
         if anomalies:
             conn.execute(insert(ANOMALY), anomalies)
+        if report.adjudications and decisions is not None:
+            decisions(report.adjudications)
     return report
 
 
@@ -279,13 +292,17 @@ class AckConsumer:
                 except MalformedAck as exc:
                     self.malformed += 1
                     log.warning("malformed ack at %s:%s: %s", record.partition, record.offset, exc)
-        applied = apply_acks(self._engine, self._institution, acks, channel="kafka")
-        if applied.adjudications and self._producer is not None and self._canonical:
-            publish_events(self._producer, self._canonical, applied.adjudications)
+        applied = apply_acks(
+            self._engine, self._institution, acks, channel="kafka", decisions=self._publish
+        )
         self.report += applied
         if batch:
             self._consumer.commit()
         return sum(len(r) for r in batch.values())
+
+    def _publish(self, events: Sequence[ClaimAdjudicated]) -> None:
+        if self._producer is not None and self._canonical:
+            publish_events(self._producer, self._canonical, events)
 
     @property
     def institution(self) -> Institution:

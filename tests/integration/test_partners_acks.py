@@ -9,11 +9,11 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from adapters.base import Ack, AckStatus, Institution
@@ -21,10 +21,19 @@ from adapters.css import parse_ack as parse_css_ack
 from adapters.ipres import build_ack_file
 from router.acks import DecisionsUnpublished, apply_acks
 from router.delivery import DeliveryWorker
-from router.processing import RawRecord
+from router.errors import BrokerUnavailable
+from router.processing import Processor, RawRecord
+from router.registry import outbound_adapters
 from router.replay import replay
 from router.store import AckAnomalyRow, DeadLetterRow, DeliveryState, OutboxRow
-from schemas import CanonicalEvent, ClaimAdjudicated, dump_event, parse_event
+from schemas import (
+    CanonicalEvent,
+    ClaimAdjudicated,
+    ClaimAdjudicatedPayload,
+    ClaimSubmitted,
+    dump_event,
+    parse_event,
+)
 from schemas.examples import load_examples
 from schemas.payloads import ClaimOutcome
 from services.bootstrap import bootstrap
@@ -314,3 +323,57 @@ def test_a_decision_not_published_holds_its_answer_back_until_it_is(
         for channel in channels.values():
             channel.close()
         app.engine.dispose()
+
+
+def test_decisions_in_acks_are_published_before_the_acks_commit(store: Engine) -> None:
+    """An ack topic or the API brings CMU's decisions: if they cannot be put on the canonical
+    topic, the acks are not applied either, and reading them again publishes the decisions
+    (before, the acks stayed applied and the decisions were lost to the re-read)."""
+    events = claims_with_their_members()
+    Processor(store, outbound_adapters()).process_batch(
+        [RawRecord("canonical", 0, i, dump_event(e)) for i, e in enumerate(events)]
+    )
+    submitted = {str(e.event_id): e for e in events if isinstance(e, ClaimSubmitted)}
+    with Session(store) as s:
+        claims = s.scalars(
+            select(OutboxRow).where(
+                OutboxRow.institution == "cmu", OutboxRow.event_id.in_(submitted)
+            )
+        ).all()
+    assert claims
+    decided = datetime(2026, 3, 20, 9, tzinfo=UTC)
+    acks = [
+        Ack(
+            r.message_id,
+            Institution.CMU,
+            AckStatus.ACCEPTED,
+            adjudication=ClaimAdjudicatedPayload(
+                claim_id=submitted[r.event_id].payload.claim_id,
+                adjudicator="CMU",
+                outcome=ClaimOutcome.APPROVED,
+                claimed_amount=submitted[r.event_id].payload.total,
+                approved_amount=submitted[r.event_id].payload.total,
+            ),
+            decided_at=decided,
+        )
+        for r in claims
+    ]
+
+    def broker_away(_events: Sequence[ClaimAdjudicated]) -> None:
+        raise BrokerUnavailable("broker away")
+
+    with pytest.raises(BrokerUnavailable):
+        apply_acks(store, Institution.CMU, acks, channel="kafka", decisions=broker_away)
+    with Session(store) as s:
+        states = set(s.scalars(select(OutboxRow.state).where(OutboxRow.institution == "cmu")))
+    assert states == {DeliveryState.PENDING}, "nothing applied"
+    published: list[ClaimAdjudicated] = []
+    report = apply_acks(store, Institution.CMU, acks, channel="kafka", decisions=published.extend)
+    assert report.applied == len(claims)
+    assert sorted(e.correlation_id for e in published) == sorted(
+        uuid.UUID(r.event_id) for r in claims
+    )
+    assert {e.occurred_at for e in published} == {decided}
+    again: list[ClaimAdjudicated] = []
+    apply_acks(store, Institution.CMU, acks, channel="kafka", decisions=again.extend)
+    assert again == [], "applied once: the decisions went out with it"

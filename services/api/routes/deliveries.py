@@ -7,6 +7,7 @@ was sent about them: every read that returns some is audited (``services.api.acc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated
 
@@ -19,6 +20,7 @@ from adapters.base import Institution
 from router.acks import apply_acks
 from router.canonical import publish_events
 from router.store import DeliveryState, OutboxRow
+from schemas import ClaimAdjudicated
 from services.api import pagination
 from services.api.access import audit_read
 from services.api.deps import JokkoDep, ProducerDep, SessionDep
@@ -163,9 +165,14 @@ def _apply(
 ) -> AckResult:
     """Parse, apply in the store, publish adjudications: blocking, run in the threadpool."""
     acks = jokko.adapters[institution].parse_ack(body)  # MalformedAck → 422, located
-    report = apply_acks(jokko.engine, institution, acks, channel="api")
-    if report.adjudications:
-        publish_events(producer, jokko.topics.canonical, report.adjudications)
+
+    def decisions(events: Sequence[ClaimAdjudicated]) -> None:
+        """Before the acks commit: a 503 here applies nothing, and the institution's
+        re-sent ack gives the same events."""
+        timeout_s = jokko.settings.api_broker_timeout_s
+        publish_events(producer, jokko.topics.canonical, events, timeout_s=timeout_s)
+
+    report = apply_acks(jokko.engine, institution, acks, channel="api", decisions=decisions)
     return AckResult(
         applied=report.applied, duplicates=report.duplicates, anomalies=dict(report.anomalies)
     )
