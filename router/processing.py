@@ -58,6 +58,7 @@ from router.store import (
     MemberProfileRow,
     OutboxRow,
     Stage,
+    SubmittedEventRow,
     utcnow,
 )
 from router.vault import Vault
@@ -71,6 +72,7 @@ OUTBOX: Table = OutboxRow.__table__  # type: ignore[assignment]
 PROFILE: Table = MemberProfileRow.__table__  # type: ignore[assignment]
 DEAD: Table = DeadLetterRow.__table__  # type: ignore[assignment]
 DUPLICATES: Table = MemberDuplicateRow.__table__  # type: ignore[assignment]
+SUBMITTED: Table = SubmittedEventRow.__table__  # type: ignore[assignment]
 
 # Column, PostgreSQL type, for COPY (``router.bulk.Columns``).
 OUTBOX_COLUMNS: Columns = (
@@ -246,6 +248,9 @@ class Processor:
         self._dead_stmt = insert_(DEAD).on_conflict_do_nothing(
             index_elements=["topic", "partition", "offset"]
         )
+        self._submitted_stmt = delete(SUBMITTED).where(
+            SUBMITTED.c.event_id.in_(bindparam("ids", expanding=True))
+        )
         self._digests_stmt = select(
             INBOX.c.event_id, INBOX.c.content_digest, INBOX.c.field_digests
         ).where(INBOX.c.event_id.in_(bindparam("ids", expanding=True)))
@@ -303,6 +308,8 @@ class Processor:
                     known.hold_duplicates = self._hold_duplicates
                 plan = _Plan(known, first.values(), self._adapters)
                 inserted = self._claim(conn, plan.inbox_rows())
+                if inserted:  # the API's record of them is the inbox's from now on
+                    conn.execute(self._submitted_stmt, {"ids": sorted(inserted)})
                 if len(inserted) < len(first):  # duplicates: route the new events alone
                     guessed = plan.routes
                     new = [item for eid, item in first.items() if eid in inserted]

@@ -11,11 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from router.broker import idempotent_producer
 from router.canonical import publish_events
 from router.processing import CONFLICTING_DUPLICATE
 from router.relay import Relay
+from router.store import SubmittedEventRow
 from schemas import parse_event
 from services.api.security import Authority, Scope
 from tests.integration.test_api import PROBLEM, Api, api, example, on_topic
@@ -71,8 +74,12 @@ def test_conflicting_resubmission_is_refused_or_dead_lettered_never_silent(api: 
         same = c.post("/v1/events", json=first)
         assert same.status_code == 202, "the same content again is a harmless retry"
 
+        with Session(api.jokko.engine) as s:
+            assert len(s.scalars(select(SubmittedEventRow)).all()) == 1
         route(api, 2)
-        # Routed: the inbox knows it too.
+        with Session(api.jokko.engine) as s:
+            assert s.scalars(select(SubmittedEventRow)).all() == [], "pruned once routed"
+        # Routed: the inbox knows it.
         assert c.post("/v1/events", json=other).status_code == 409
         batch = c.post("/v1/events/batch", json=[other, fresh])
         assert batch.status_code == 202, batch.text
