@@ -97,6 +97,7 @@ class Jokko:
                     self.adapters[inst],
                     url,
                     secret,
+                    tls=p.tls_context() if url.startswith("https://") else None,
                     timeout_s=p.timeout_s,
                     concurrency=p.concurrency,
                     batch_size=p.batch_size,

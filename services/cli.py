@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,7 +14,7 @@ from rich.table import Table
 from adapters.base import Institution
 from schemas.errors import JokkoError
 from services.bootstrap import Jokko, bootstrap, stop_on_signals
-from services.settings import load_settings
+from services.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from services.api.security import Authority
@@ -86,7 +87,24 @@ def api() -> None:
         port=jokko.settings.api_port,
         log_config=None,
         access_log=False,
+        **api_tls(jokko.settings),
     )
+
+
+def api_tls(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options from settings: none (plain HTTP, for a reverse proxy that
+    terminates TLS), the API's certificate, and with a client CA, client certificates
+    required. uvicorn's server context keeps Python's floor of TLS 1.2."""
+    if settings.api_tls_cert_file is None:
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.api_tls_cert_file),
+        "ssl_keyfile": str(settings.api_tls_key_file),
+    }
+    if settings.api_tls_client_ca_file is not None:
+        options["ssl_ca_certs"] = str(settings.api_tls_client_ca_file)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
 
 
 @app.command()
