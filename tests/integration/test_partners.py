@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 
 from adapters.base import Institution
 from router.broker import idempotent_producer
-from router.channels import tls_context
 from router.canonical import publish_events
+from router.channels import tls_context
 from router.relay import Relay
 from router.store import AckAnomalyRow, DeadLetterRow, DeliveryState, OutboxRow
 from schemas import CanonicalEvent
