@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import signal
+import ssl
 import threading
 from dataclasses import dataclass
 from functools import partial
@@ -97,7 +98,7 @@ class Jokko:
                     self.adapters[inst],
                     url,
                     secret,
-                    tls=p.tls_context() if url.startswith("https://") else None,
+                    tls=partner_tls(inst, p) if url.startswith("https://") else None,
                     timeout_s=p.timeout_s,
                     concurrency=p.concurrency,
                     batch_size=p.batch_size,
@@ -149,6 +150,19 @@ class Jokko:
             intake=self.ack_intake(producer) if with_acks else (),
             vault=self.vault,
         )
+
+
+def partner_tls(institution: Institution, partner: PartnerSettings) -> ssl.SSLContext:
+    """The TLS context to reach an institution, its files loaded now: a missing file, a PEM
+    that does not parse or a key that is not the certificate's stops the relay at start."""
+    try:
+        return partner.tls_context()
+    except (OSError, ssl.SSLError) as exc:
+        prefix = f"JOKKO_{institution.value.upper()}__"
+        raise InvalidSettings(
+            f"{prefix}CA_FILE, {prefix}CLIENT_CERT_FILE, {prefix}CLIENT_KEY_FILE: "
+            f"the TLS files do not load: {exc}"
+        ) from None
 
 
 def bootstrap(settings: Settings, *, migrate: bool = True, kafka: bool = True) -> Jokko:

@@ -18,7 +18,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    FilePath,
     HttpUrl,
     SecretStr,
     ValidationError,
@@ -82,13 +81,14 @@ class PartnerSettings(BaseModel):
     1 sends each message on its own, for a partner that does not read batches."""
     outbox_dir: Path | None = None
     ack_dir: Path | None = None
-    ca_file: FilePath | None = None
+    ca_file: Path | None = None
     """PEM bundle of the CAs that sign the institution's server certificate (mode http over
     ``https://``); without it, the system's trust store."""
-    client_cert_file: FilePath | None = None
+    client_cert_file: Path | None = None
     """Jokko's client certificate for this institution, PEM (intermediates after it): mutual
-    TLS. Files on disk, mounted as secrets: never in the database."""
-    client_key_file: FilePath | None = None
+    TLS. Files on disk, mounted as secrets: never in the database. Only the relay reads them
+    (``services.bootstrap.partner_tls``, at its start): the other processes need not see them."""
+    client_key_file: Path | None = None
     """The private key of ``client_cert_file``, PEM, unencrypted (readable by Jokko only)."""
     allow_plain_http: bool = False
     """Let mode http use an ``http://`` URL, to a loopback address only (a test peer on this
@@ -109,26 +109,22 @@ class PartnerSettings(BaseModel):
         return self
 
     def _transport_is_safe(self, url: HttpUrl) -> None:
-        """https with files that load, or plain http to this machine when allowed."""
-        files = (self.ca_file, self.client_cert_file)
-        if url.scheme == "http":
-            if not self.allow_plain_http:
-                raise ValueError(
-                    "mode http pushes personal data: url must be https:// (allow_plain_http "
-                    "lets a test peer on a loopback address use http://)"
-                )
-            if not _is_loopback(url.host or ""):
-                raise ValueError(f"allow_plain_http is for loopback peers only, not {url.host}")
-            if any(f is not None for f in files):
-                raise ValueError("ca_file and client_cert_file need an https:// url")
+        """https, or plain http to this machine when allowed."""
+        if url.scheme == "https":
             return
-        try:
-            self.tls_context()
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"the TLS files do not load: {exc}") from None
+        if not self.allow_plain_http:
+            raise ValueError(
+                "mode http pushes personal data: url must be https:// (allow_plain_http "
+                "lets a test peer on a loopback address use http://)"
+            )
+        if not _is_loopback(url.host or ""):
+            raise ValueError(f"allow_plain_http is for loopback peers only, not {url.host}")
+        if self.ca_file is not None or self.client_cert_file is not None:
+            raise ValueError("ca_file and client_cert_file need an https:// url")
 
     def tls_context(self) -> ssl.SSLContext:
-        """The client side of TLS to this institution (``router.channels.tls_context``)."""
+        """The client side of TLS to this institution (``router.channels.tls_context``);
+        ``OSError`` or ``ssl.SSLError`` when its files do not load."""
         return tls_context(self.ca_file, self.client_cert_file, self.client_key_file)
 
     def http_target(self) -> tuple[str, bytes]:
@@ -177,12 +173,12 @@ class Settings(BaseSettings):
     """How long an open circuit waits before one message probes the institution."""
     api_host: Annotated[str, Field(min_length=1, max_length=255)] = "127.0.0.1"
     api_port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    api_tls_cert_file: FilePath | None = None
+    api_tls_cert_file: Path | None = None
     """Serve the API over HTTPS with this certificate (PEM, chain after it); plain HTTP
     without it (behind a reverse proxy that terminates TLS, docs/operations.md)."""
-    api_tls_key_file: FilePath | None = None
+    api_tls_key_file: Path | None = None
     """The private key of ``api_tls_cert_file``, PEM."""
-    api_tls_client_ca_file: FilePath | None = None
+    api_tls_client_ca_file: Path | None = None
     """Require a client certificate signed by one of these CAs (PEM bundle) from every
     client of the API: mutual TLS for the institutions' systems."""
     api_rate_per_s: Annotated[float, Field(gt=0, le=1_000_000)] = 500.0

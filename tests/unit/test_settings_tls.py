@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from adapters.base import Institution
 from router.channels import tls_context
+from services.bootstrap import partner_tls
 from services.cli import api_tls
 from services.settings import InvalidSettings, load_settings
 from tests.tls import make_pki
@@ -38,22 +40,25 @@ def test_https_partner_with_its_files_loads_and_bad_files_are_refused(tmp_path: 
     pki = make_pki(tmp_path)
     good = load_settings(**_css(url="https://css.example/jokko", **pki.partner_settings()))
     assert good.css.ca_file == pki.ca
-    context = good.css.tls_context()
+    context = partner_tls(Institution.CSS, good.css)
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname
-    with pytest.raises(InvalidSettings, match="JOKKO_CSS_CA_FILE"):
-        load_settings(**_css(url="https://css.example/jokko", ca_file=tmp_path / "missing.pem"))
+    # only the relay loads the files (the API's container need not hold Jokko's client key)
+    missing = load_settings(**_css(url="https://css.example/jokko", ca_file=tmp_path / "no.pem"))
+    with pytest.raises(InvalidSettings, match=r"JOKKO_CSS__CA_FILE.*do not load.*No such file"):
+        partner_tls(Institution.CSS, missing.css)
+    wrong_key = load_settings(  # a key that is not the certificate's
+        **_css(
+            url="https://css.example/jokko",
+            client_cert_file=pki.client.cert,
+            client_key_file=pki.server.key,
+        )
+    )
+    with pytest.raises(InvalidSettings, match=r"JOKKO_CSS__CLIENT_KEY_FILE.*do not load"):
+        partner_tls(Institution.CSS, wrong_key.css)
     with pytest.raises(InvalidSettings, match="go together"):
         load_settings(**_css(url="https://css.example/jokko", client_cert_file=pki.client.cert))
-    with pytest.raises(InvalidSettings, match="the TLS files do not load"):
-        load_settings(  # a key that is not the certificate's
-            **_css(
-                url="https://css.example/jokko",
-                client_cert_file=pki.client.cert,
-                client_key_file=pki.server.key,
-            )
-        )
     with pytest.raises(InvalidSettings, match="need an https:// url"):
         load_settings(
             **_css(url="http://127.0.0.1/j", allow_plain_http=True, **pki.partner_settings())
@@ -88,3 +93,6 @@ def test_api_tls_settings_become_uvicorns_options(tmp_path: Path) -> None:
         load_settings(api_tls_client_ca_file=pki.ca)
     with pytest.raises(InvalidSettings, match="go together"):
         load_settings(api_tls_cert_file=pki.server.cert)
+    mismatched = load_settings(api_tls_cert_file=pki.server.cert, api_tls_key_file=pki.client.key)
+    with pytest.raises(InvalidSettings, match=r"JOKKO_API_TLS_KEY_FILE.*do not load"):
+        api_tls(mismatched)
