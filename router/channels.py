@@ -94,7 +94,6 @@ _TLS_ALERTS = {
     "WRONG_VERSION_NUMBER": "the server does not speak TLS",
     "RECORD_LAYER_FAILURE": "the server does not speak TLS",
     "PACKET_LENGTH_TOO_LONG": "the server does not speak TLS",
-    "HTTP_REQUEST": "the server does not speak TLS",
 }
 
 
@@ -137,8 +136,10 @@ class HttpChannel:
     An ``https://`` URL is reached with ``tls`` (``tls_context``: the institution's CA, Jokko's
     client certificate, TLS 1.2+); a handshake that fails (a certificate not trusted, expired
     or for another host, a server without TLS, a client certificate refused) fails the
-    message with its reason named, and nothing is sent. Whether a plain ``http://`` URL may
-    be used at all is the settings' decision (loopback test peers only).
+    message with its reason named: nothing goes out in clear and nothing reaches the
+    institution's application (under TLS 1.3 a refused client certificate is only announced
+    after the encrypted request has left, which the server then discards). Whether a plain
+    ``http://`` URL may be used at all is the settings' decision (loopback test peers only).
     """
 
     name = "http"
