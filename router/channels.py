@@ -62,10 +62,13 @@ def tls_context(
     ca_file: Path | None = None,
     client_cert_file: Path | None = None,
     client_key_file: Path | None = None,
+    crl_file: Path | None = None,
 ) -> ssl.SSLContext:
     """The client side of mutual TLS to one institution: TLS 1.2 at least, the server's
     certificate checked against ``ca_file`` (the system's trust store without it) and its host
-    name, and Jokko's client certificate presented when one is given.
+    name, and Jokko's client certificate presented when one is given. With ``crl_file`` (the
+    CA's revocation list, PEM) a server certificate it names is refused, and so is one whose
+    CA has no list there.
 
     Raises ``OSError`` or ``ssl.SSLError`` for a file that is missing or not PEM, a key that
     does not match its certificate."""
@@ -75,6 +78,9 @@ def tls_context(
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
+    if crl_file is not None:
+        context.load_verify_locations(cafile=str(crl_file))
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     if client_cert_file is not None:
         context.load_cert_chain(
             str(client_cert_file), str(client_key_file) if client_key_file else None

@@ -159,10 +159,10 @@ def partner_tls(institution: Institution, partner: PartnerSettings) -> ssl.SSLCo
         return partner.tls_context()
     except (OSError, ssl.SSLError) as exc:
         prefix = f"JOKKO_{institution.value.upper()}__"
-        raise InvalidSettings(
-            f"{prefix}CA_FILE, {prefix}CLIENT_CERT_FILE, {prefix}CLIENT_KEY_FILE: "
-            f"the TLS files do not load: {exc}"
-        ) from None
+        names = ", ".join(
+            prefix + f for f in ("CA_FILE", "CLIENT_CERT_FILE", "CLIENT_KEY_FILE", "CRL_FILE")
+        )
+        raise InvalidSettings(f"{names}: the TLS files do not load: {exc}") from None
 
 
 def bootstrap(settings: Settings, *, migrate: bool = True, kafka: bool = True) -> Jokko:

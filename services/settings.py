@@ -90,6 +90,9 @@ class PartnerSettings(BaseModel):
     (``services.bootstrap.partner_tls``, at its start): the other processes need not see them."""
     client_key_file: Path | None = None
     """The private key of ``client_cert_file``, PEM, unencrypted (readable by Jokko only)."""
+    crl_file: Path | None = None
+    """The revocation list of the institution's CA (PEM): a server certificate it names is
+    refused. Replace the file and restart the relay to revoke one."""
     allow_plain_http: bool = False
     """Let mode http use an ``http://`` URL, to a loopback address only (a test peer on this
     machine). Off, as production leaves it: personal data never leaves in clear by mistake."""
@@ -119,13 +122,13 @@ class PartnerSettings(BaseModel):
             )
         if not _is_loopback(url.host or ""):
             raise ValueError(f"allow_plain_http is for loopback peers only, not {url.host}")
-        if self.ca_file is not None or self.client_cert_file is not None:
-            raise ValueError("ca_file and client_cert_file need an https:// url")
+        if any(f is not None for f in (self.ca_file, self.client_cert_file, self.crl_file)):
+            raise ValueError("ca_file, client_cert_file and crl_file need an https:// url")
 
     def tls_context(self) -> ssl.SSLContext:
         """The client side of TLS to this institution (``router.channels.tls_context``);
         ``OSError`` or ``ssl.SSLError`` when its files do not load."""
-        return tls_context(self.ca_file, self.client_cert_file, self.client_key_file)
+        return tls_context(self.ca_file, self.client_cert_file, self.client_key_file, self.crl_file)
 
     def http_target(self) -> tuple[str, bytes]:
         if self.url is None or self.secret is None:

@@ -158,6 +158,29 @@ class CertificateAuthority:
         _write_key(key, pair.key)
         return pair
 
+    def revocation_list(self, file_stem: str, *revoked: KeyPair) -> Path:
+        """A CRL of this CA (PEM) naming these certificates revoked; empty without any."""
+        now = datetime.now(UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._cert.subject)
+            .last_update(now - timedelta(minutes=5))
+            .next_update(now + timedelta(days=7))
+        )
+        for pair in revoked:
+            cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(cert.serial_number)
+                .revocation_date(now - timedelta(minutes=1))
+                .build()
+            )
+        crl = self.directory / f"{file_stem}.crl.pem"
+        crl.write_bytes(
+            builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        )
+        return crl
+
 
 @dataclass(frozen=True)
 class TestPki:

@@ -3,9 +3,9 @@
 The fakes serve HTTPS with certificates of a throw-away CA (tests/tls.py) and require Jokko's
 client certificate. Each way the handshake can go wrong — a CA that did not sign the server's
 certificate, no client certificate, an expired one on either side, a certificate for another
-host, a server that does not speak TLS — leaves CSS with nothing received: the delivery is
-retried with the reason named in ``last_error`` and goes dead with it. CMU, reached with the
-right files, is accepted meanwhile.
+host or revoked by the CA's list in settings, a server that does not speak TLS — leaves CSS
+with nothing received: the delivery is retried with the reason named in ``last_error`` and
+goes dead with it. CMU, reached with the right files, is accepted meanwhile.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.factories import enrolments
 from tests.fakes.server import serve
 from tests.integration import test_partners
 from tests.integration.test_partners import Partners, Run
-from tests.tls import CertificateAuthority, ServerTLS, TestPki
+from tests.tls import CertificateAuthority, KeyPair, ServerTLS, TestPki
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +88,16 @@ def _server_for_another_host(pki: TestPki, _dir: Path) -> ServerTLS:
     return ServerTLS(elsewhere.cert, elsewhere.key, pki.ca)
 
 
+def _revoked_server(pki: TestPki, _dir: Path) -> ServerTLS:
+    revoked = pki.authority.issue("revoked-server", server=True)
+    return ServerTLS(revoked.cert, revoked.key, pki.ca)
+
+
+def _revocation_list(pki: TestPki, _dir: Path) -> dict[str, object]:
+    revoked = KeyPair(*(pki.authority.directory / f for f in ("revoked-server.pem", "x")))
+    return {**pki.partner_settings(), "crl_file": pki.authority.revocation_list("ca", revoked)}
+
+
 def _plain_http(_pki: TestPki, _dir: Path) -> None:
     return None
 
@@ -112,6 +122,11 @@ REFUSALS = {
     "server_certificate_for_another_host": Refusal(
         _server_for_another_host, _right, "certificate is not valid for '127.0.0.1'"
     ),
+    "server_certificate_revoked": Refusal(
+        _revoked_server,
+        _revocation_list,
+        "tls: the server's certificate is refused: certificate revoked",
+    ),
     "server_without_tls": Refusal(_plain_http, _right, "tls: the server does not speak TLS"),
 }
 
@@ -131,6 +146,7 @@ def test_a_failed_handshake_sends_nothing_and_the_delivery_dies_with_its_reason(
             "ca_file": None,
             "client_cert_file": None,
             "client_key_file": None,
+            "crl_file": None,
             **refusal.jokko(partners.pki, tmp_path / "other"),
         }
         began = time.monotonic()
