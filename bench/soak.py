@@ -86,9 +86,11 @@ def fakes(stack: ExitStack, directory: Path, seed: int) -> Fakes:
         "JOKKO_CMU__MODE": "http",
         "JOKKO_CMU__URL": f"{cmu_url}/fhir",
         "JOKKO_CMU__SECRET": SECRETS[Institution.CMU],
+        "JOKKO_CMU__ALLOW_PLAIN_HTTP": "true",  # loopback fakes, figures as before TLS
         "JOKKO_CSS__MODE": "http",
         "JOKKO_CSS__URL": f"{css_url}/css/v1/documents",
         "JOKKO_CSS__SECRET": SECRETS[Institution.CSS],
+        "JOKKO_CSS__ALLOW_PLAIN_HTTP": "true",
         "JOKKO_CSS__TIMEOUT_S": "5",
         "JOKKO_CMU__CONCURRENCY": str(CONCURRENCY),
         "JOKKO_CSS__CONCURRENCY": str(CONCURRENCY),

@@ -8,6 +8,7 @@ once one of a member's messages fails, its later ones are not sent and are repor
 from __future__ import annotations
 
 import os
+import ssl
 import threading
 import time
 import uuid
@@ -57,6 +58,68 @@ def delivery_of(ack: Ack, batch_ref: str | None = None) -> Delivery:
     )
 
 
+def tls_context(
+    ca_file: Path | None = None,
+    client_cert_file: Path | None = None,
+    client_key_file: Path | None = None,
+    crl_file: Path | None = None,
+) -> ssl.SSLContext:
+    """The client side of mutual TLS to one institution: TLS 1.2 at least, the server's
+    certificate checked against ``ca_file`` (the system's trust store without it) and its host
+    name, and Jokko's client certificate presented when one is given. With ``crl_file`` (the
+    CA's revocation list, PEM) a server certificate it names is refused, and so is one whose
+    CA has no list there.
+
+    Raises ``OSError`` or ``ssl.SSLError`` for a file that is missing or not PEM, a key that
+    does not match its certificate."""
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    if crl_file is not None:
+        context.load_verify_locations(cafile=str(crl_file))
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    if client_cert_file is not None:
+        context.load_cert_chain(
+            str(client_cert_file), str(client_key_file) if client_key_file else None
+        )
+    return context
+
+
+_TLS_ALERTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the institution requires a client certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the institution refused Jokko's client certificate "
+    "as expired",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the institution refused Jokko's client certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the institution refused Jokko's client certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "the institution does not trust the CA of Jokko's client certificate",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the institution refused the handshake",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version both sides accept (1.2 at least)",
+    "WRONG_VERSION_NUMBER": "the server does not speak TLS",
+    "RECORD_LAYER_FAILURE": "the server does not speak TLS",
+    "PACKET_LENGTH_TOO_LONG": "the server does not speak TLS",
+}
+
+
+def transport_failure(exc: httpx.HTTPError) -> str:
+    """Why a request failed, in words an operator can act on: a TLS failure is named ("tls:
+    the server's certificate has expired"), anything else by its exception class as before."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return type(exc).__name__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"tls: the server's certificate is refused: {cause.verify_message}"
+    reason = getattr(cause, "reason", None) or ""
+    named = _TLS_ALERTS.get(reason)
+    if named is None:
+        return f"tls: handshake failed: {reason or cause}"
+    return f"tls: {named} ({reason})"
+
+
 def _held_back(p: Parcel) -> Delivery:
     """Not sent: an earlier message of its member failed, and order comes first."""
     return Delivery(p.message_id, Result.FAILED, reason_text="an earlier message failed")
@@ -75,6 +138,14 @@ class HttpChannel:
     member has at most one message in a request, and its next one goes in a later request
     only once the earlier one is answered, so a member's order holds as with single pushes.
     A request holding a single message is sent as the plain message.
+
+    An ``https://`` URL is reached with ``tls`` (``tls_context``: the institution's CA, Jokko's
+    client certificate, TLS 1.2+); a handshake that fails (a certificate not trusted, expired
+    or for another host, a server without TLS, a client certificate refused) fails the
+    message with its reason named: nothing goes out in clear and nothing reaches the
+    institution's application (under TLS 1.3 a refused client certificate is only announced
+    after the encrypted request has left, which the server then discards). Whether a plain
+    ``http://`` URL may be used at all is the settings' decision (loopback test peers only).
     """
 
     name = "http"
@@ -89,6 +160,7 @@ class HttpChannel:
         timeout_s: float = 10.0,
         concurrency: int = 8,
         client: httpx.Client | None = None,
+        tls: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.time,
         batch_size: int = 1,
         encode_batch: EncodeBatch | None = None,
@@ -101,7 +173,11 @@ class HttpChannel:
         self._parse_ack = adapter.parse_ack
         self._url = url
         self._secret = secret
-        self._client = client or httpx.Client(timeout=timeout_s)
+        if client is None:
+            # without a context of its own: the system's trust store, TLS 1.2 at least
+            verify = tls if tls is not None else tls_context()
+            client = httpx.Client(timeout=timeout_s, verify=verify)
+        self._client = client
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix=f"push-{institution}")
         self._clock = clock
         self._last_ts: dict[str, int] = {}
@@ -203,7 +279,7 @@ class HttpChannel:
                 self.requests += 1
             response = self._client.post(self._url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}"
+            return transport_failure(exc)
         if response.status_code >= 500 or response.status_code in (401, 403, 408, 429):
             return f"HTTP {response.status_code}"
         try:

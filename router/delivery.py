@@ -308,6 +308,16 @@ class DeliveryWorker:
             sent = self.breaker.call(attempt)
         except _BatchFailed as exc:
             sent = exc.reports
+        except pybreaker.CircuitBreakerError as exc:
+            tripped = exc.__context__
+            if not isinstance(tripped, _BatchFailed):
+                raise
+            # this batch's failure opened the circuit: its own reasons (a refused TLS
+            # handshake, HTTP 503) are what the operator needs, not only "circuit open"
+            sent = [
+                replace(d, reason_text=f"{d.reason_text} (circuit now open)")
+                for d in tripped.reports
+            ]
         if not refused:
             return sent
         answered = iter(sent)

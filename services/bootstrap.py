@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import signal
+import ssl
 import threading
 from dataclasses import dataclass
 from functools import partial
@@ -97,6 +98,7 @@ class Jokko:
                     self.adapters[inst],
                     url,
                     secret,
+                    tls=partner_tls(inst, p) if url.startswith("https://") else None,
                     timeout_s=p.timeout_s,
                     concurrency=p.concurrency,
                     batch_size=p.batch_size,
@@ -148,6 +150,19 @@ class Jokko:
             intake=self.ack_intake(producer) if with_acks else (),
             vault=self.vault,
         )
+
+
+def partner_tls(institution: Institution, partner: PartnerSettings) -> ssl.SSLContext:
+    """The TLS context to reach an institution, its files loaded now: a missing file, a PEM
+    that does not parse or a key that is not the certificate's stops the relay at start."""
+    try:
+        return partner.tls_context()
+    except (OSError, ssl.SSLError) as exc:
+        prefix = f"JOKKO_{institution.value.upper()}__"
+        names = ", ".join(
+            prefix + f for f in ("CA_FILE", "CLIENT_CERT_FILE", "CLIENT_KEY_FILE", "CRL_FILE")
+        )
+        raise InvalidSettings(f"{names}: the TLS files do not load: {exc}") from None
 
 
 def bootstrap(settings: Settings, *, migrate: bool = True, kafka: bool = True) -> Jokko:

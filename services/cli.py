@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,7 +14,7 @@ from rich.table import Table
 from adapters.base import Institution
 from schemas.errors import JokkoError
 from services.bootstrap import Jokko, bootstrap, stop_on_signals
-from services.settings import load_settings
+from services.settings import InvalidSettings, Settings, load_settings
 
 if TYPE_CHECKING:
     from services.api.security import Authority
@@ -66,7 +67,13 @@ def relay() -> None:
     """Publish outbox rows to the per-institution topics, then mark them sent."""
     _configure_logging()
     stop = stop_on_signals()
-    _jokko().relay().run(stop)
+    jokko = _jokko()
+    try:
+        relay = jokko.relay()
+    except JokkoError as exc:  # its channels: TLS files that do not load
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    relay.run(stop)
 
 
 @app.command()
@@ -80,13 +87,46 @@ def api() -> None:
     _configure_logging()
     jokko = _jokko()
     limiter = RateLimiter(jokko.settings.api_rate_per_s, jokko.settings.api_rate_burst)
+    try:
+        tls = api_tls(jokko.settings)
+    except JokkoError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     uvicorn.run(
         create_app(jokko, rate_limiter=limiter),
         host=jokko.settings.api_host,
         port=jokko.settings.api_port,
         log_config=None,
         access_log=False,
+        **tls,
     )
+
+
+def api_tls(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options from settings: none (plain HTTP, for a reverse proxy that
+    terminates TLS), the API's certificate, and with a client CA, client certificates
+    required. uvicorn's server context keeps Python's floor of TLS 1.2. The files are loaded
+    here first, so a bad one stops the API with the setting's name, not a traceback."""
+    if settings.api_tls_cert_file is None:
+        return {}
+    try:
+        check = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        check.load_cert_chain(settings.api_tls_cert_file, settings.api_tls_key_file)
+        if settings.api_tls_client_ca_file is not None:
+            check.load_verify_locations(settings.api_tls_client_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidSettings(
+            "JOKKO_API_TLS_CERT_FILE, JOKKO_API_TLS_KEY_FILE, JOKKO_API_TLS_CLIENT_CA_FILE: "
+            f"the TLS files do not load: {exc}"
+        ) from None
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.api_tls_cert_file),
+        "ssl_keyfile": str(settings.api_tls_key_file),
+    }
+    if settings.api_tls_client_ca_file is not None:
+        options["ssl_ca_certs"] = str(settings.api_tls_client_ca_file)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
 
 
 @app.command()

@@ -2,12 +2,13 @@
 
 It runs the real pieces, each as its own process, the way a deployment does: the API, the
 router and the relay (``jokko api|router|relay``) on an embedded SQLite store, and the three
-fake institutions (``python -m tests.fakes``: CMU and CSS over signed HTTP, IPRES by file
-exchange). The demo then plays the mutual and the institutions' IT staff: it submits the month
-through the API, makes CSS flap, has CMU reject one member and slips a poison record onto the
-canonical topic; it waits until every delivery is final, prints the tally, reconciles the
-mutual's ledger with the extracts the institutions return, re-drives what is missing once CSS
-is healthy again and reconciles again. Everything it starts it stops on the way out.
+fake institutions (``python -m tests.fakes``: CMU and CSS over signed HTTP on mutual TLS, with
+a throw-away CA the fakes make, IPRES by file exchange). The demo then plays the mutual and
+the institutions' IT staff: it submits the month through the API, makes CSS flap, has CMU
+reject one member and slips a poison record onto the canonical topic; it waits until every
+delivery is final, prints the tally, reconciles the mutual's ledger with the extracts the
+institutions return, re-drives what is missing once CSS is healthy again and reconciles
+again. Everything it starts it stops on the way out.
 
 The Kafka broker is the caller's (``scripts/demo.sh`` starts a throw-away one).
 """
@@ -242,6 +243,11 @@ class Demo:
             "JOKKO_CSS__URL": partners["css"],
             "JOKKO_CSS__SECRET": self.partner_secrets["css"],
             "JOKKO_CSS__TIMEOUT_S": "5",
+            **{
+                f"JOKKO_{inst}__{name.upper()}": path
+                for inst in ("CMU", "CSS")
+                for name, path in partners["tls"].items()
+            },
             "JOKKO_IPRES__MODE": "file",
             "JOKKO_IPRES__OUTBOX_DIR": partners["ipres"]["inbox"],
             "JOKKO_IPRES__ACK_DIR": partners["ipres"]["acks"],
@@ -319,8 +325,8 @@ class Demo:
                 self.processes.start(name, _jokko_argv(name), child_env)
             self._wait_ready(http)
             c.print(
-                f"started: API {self.api}, router, relay, fake CMU/CSS (HTTP) and IPRES "
-                f"(files) — logs in {self.work / 'logs'}"
+                f"started: API {self.api}, router, relay, fake CMU/CSS (HTTPS, mutual TLS) and "
+                f"IPRES (files) — logs in {self.work / 'logs'}"
             )
             self._faults(http, "css", error_rate=CSS_ERROR_RATE)
             rejected_member = month.members[len(month.members) // 2]

@@ -6,7 +6,9 @@ not at the first message an hour later.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import ssl
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from router.channels import tls_context
 from router.processing import DuplicatePolicy
 from schemas.errors import JokkoError
 
@@ -78,17 +81,54 @@ class PartnerSettings(BaseModel):
     1 sends each message on its own, for a partner that does not read batches."""
     outbox_dir: Path | None = None
     ack_dir: Path | None = None
+    ca_file: Path | None = None
+    """PEM bundle of the CAs that sign the institution's server certificate (mode http over
+    ``https://``); without it, the system's trust store."""
+    client_cert_file: Path | None = None
+    """Jokko's client certificate for this institution, PEM (intermediates after it): mutual
+    TLS. Files on disk, mounted as secrets: never in the database. Only the relay reads them
+    (``services.bootstrap.partner_tls``, at its start): the other processes need not see them."""
+    client_key_file: Path | None = None
+    """The private key of ``client_cert_file``, PEM, unencrypted (readable by Jokko only)."""
+    crl_file: Path | None = None
+    """The revocation list of the institution's CA (PEM): a server certificate it names is
+    refused. Replace the file and restart the relay to revoke one."""
+    allow_plain_http: bool = False
+    """Let mode http use an ``http://`` URL, to a loopback address only (a test peer on this
+    machine). Off, as production leaves it: personal data never leaves in clear by mistake."""
 
     @model_validator(mode="after")
     def _complete_for_its_mode(self) -> PartnerSettings:
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("client_cert_file and client_key_file go together")
         if self.mode == DeliveryMode.HTTP:
             if self.url is None:
                 raise ValueError("mode http needs url")
             if self.secret is None or len(self.secret.get_secret_value()) < 32:
                 raise ValueError("mode http needs a secret of at least 32 characters")
+            self._transport_is_safe(self.url)
         if self.mode == DeliveryMode.FILE and (self.outbox_dir is None or self.ack_dir is None):
             raise ValueError("mode file needs outbox_dir and ack_dir")
         return self
+
+    def _transport_is_safe(self, url: HttpUrl) -> None:
+        """https, or plain http to this machine when allowed."""
+        if url.scheme == "https":
+            return
+        if not self.allow_plain_http:
+            raise ValueError(
+                "mode http pushes personal data: url must be https:// (allow_plain_http "
+                "lets a test peer on a loopback address use http://)"
+            )
+        if not _is_loopback(url.host or ""):
+            raise ValueError(f"allow_plain_http is for loopback peers only, not {url.host}")
+        if any(f is not None for f in (self.ca_file, self.client_cert_file, self.crl_file)):
+            raise ValueError("ca_file, client_cert_file and crl_file need an https:// url")
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The client side of TLS to this institution (``router.channels.tls_context``);
+        ``OSError`` or ``ssl.SSLError`` when its files do not load."""
+        return tls_context(self.ca_file, self.client_cert_file, self.client_key_file, self.crl_file)
 
     def http_target(self) -> tuple[str, bytes]:
         if self.url is None or self.secret is None:
@@ -99,6 +139,15 @@ class PartnerSettings(BaseModel):
         if self.outbox_dir is None or self.ack_dir is None:
             raise InvalidSettings("a file partner needs outbox_dir and ack_dir")
         return self.outbox_dir, self.ack_dir
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -127,6 +176,14 @@ class Settings(BaseSettings):
     """How long an open circuit waits before one message probes the institution."""
     api_host: Annotated[str, Field(min_length=1, max_length=255)] = "127.0.0.1"
     api_port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    api_tls_cert_file: Path | None = None
+    """Serve the API over HTTPS with this certificate (PEM, chain after it); plain HTTP
+    without it (behind a reverse proxy that terminates TLS, docs/operations.md)."""
+    api_tls_key_file: Path | None = None
+    """The private key of ``api_tls_cert_file``, PEM."""
+    api_tls_client_ca_file: Path | None = None
+    """Require a client certificate signed by one of these CAs (PEM bundle) from every
+    client of the API: mutual TLS for the institutions' systems."""
     api_rate_per_s: Annotated[float, Field(gt=0, le=1_000_000)] = 500.0
     """Requests a second per client, on average (token bucket, per API process)."""
     api_rate_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
@@ -157,6 +214,14 @@ class Settings(BaseSettings):
     css: PartnerSettings = PartnerSettings()
     ipres: PartnerSettings = PartnerSettings()
 
+    @model_validator(mode="after")
+    def _api_tls_complete(self) -> Settings:
+        if (self.api_tls_cert_file is None) != (self.api_tls_key_file is None):
+            raise ValueError("JOKKO_API_TLS_CERT_FILE and JOKKO_API_TLS_KEY_FILE go together")
+        if self.api_tls_client_ca_file is not None and self.api_tls_cert_file is None:
+            raise ValueError("JOKKO_API_TLS_CLIENT_CA_FILE needs JOKKO_API_TLS_CERT_FILE")
+        return self
+
 
 def load_settings(**overrides: object) -> Settings:
     """Read and validate settings; overrides win over the environment."""
@@ -164,7 +229,8 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = [
-            f"JOKKO_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            (f"JOKKO_{'_'.join(str(p) for p in err['loc']).upper()}: " if err["loc"] else "")
+            + err["msg"]
             for err in exc.errors(include_input=False, include_url=False)
         ]
         raise InvalidSettings("invalid settings:\n  " + "\n  ".join(lines)) from None

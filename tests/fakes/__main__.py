@@ -1,14 +1,18 @@
 """The three fake institutions as one process of their own, for the demo: ``python -m tests.fakes``.
 
 Real institutions are other systems, so the demo reaches the fakes the way Jokko reaches a
-partner: CMU and CSS over signed HTTP, IPRES through its file exchange. A small control API on
-another port lets the demo (playing the institutions' IT staff) turn the fault knobs, read what
-each one received and download its reconciliation extract.
+partner: CMU and CSS over signed HTTP on mutual TLS, IPRES through its file exchange. A small
+control API on another port (plain HTTP on 127.0.0.1: the demo's knobs, not Jokko's traffic)
+lets the demo (playing the institutions' IT staff) turn the fault knobs, read what each one
+received and download its reconciliation extract.
 
 The shared secrets come from the environment (``JOKKO_FAKE_CMU_SECRET``, ``JOKKO_FAKE_CSS_SECRET``),
-the IPRES folders from ``--dir``. Once everything listens, one JSON line goes to stdout:
-``{"cmu": url, "css": url, "control": url, "ipres": {"inbox": ..., "acks": ...}}``.
-SIGTERM or SIGINT stops it.
+the IPRES folders from ``--dir``. CMU and CSS serve HTTPS with a throw-away CA made in
+``--dir``/pki (tests/tls.py) and require the client certificate it issues for Jokko;
+``--plain-http`` serves them without TLS (benchmarks that measure Jokko alone). Once
+everything listens, one JSON line goes to stdout: ``{"cmu": url, "css": url, "control": url,
+"ipres": {"inbox": ..., "acks": ...}, "tls": {"ca_file": ..., "client_cert_file": ...,
+"client_key_file": ...} or null}``. SIGTERM or SIGINT stops it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tests.fakes.css import FakeCSS
 from tests.fakes.faults import Faults
 from tests.fakes.ipres import FakeIPRES
 from tests.fakes.server import serve
+from tests.tls import make_pki
 
 
 class FaultChange(BaseModel):
@@ -96,6 +101,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="CMU and CSS skip their independent R4B / XSD validation (benchmarks only)",
     )
+    parser.add_argument(
+        "--plain-http",
+        action="store_true",
+        help="CMU and CSS serve plain HTTP, not mutual TLS (benchmarks only)",
+    )
     args = parser.parse_args(argv)
     cmu = FakeCMU(_secret("JOKKO_FAKE_CMU_SECRET"), Faults(seed=1))
     css = FakeCSS(_secret("JOKKO_FAKE_CSS_SECRET"), Faults(seed=2))
@@ -104,9 +114,11 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    pki = None if args.plain_http else make_pki(args.dir / "pki")
+    tls = pki.server_tls() if pki else None
     with ExitStack() as stack:
-        cmu_url = stack.enter_context(serve(cmu.app))
-        css_url = stack.enter_context(serve(css.app))
+        cmu_url = stack.enter_context(serve(cmu.app, tls=tls))
+        css_url = stack.enter_context(serve(css.app, tls=tls))
         stack.enter_context(ipres)
         control = stack.enter_context(serve(control_app({"cmu": cmu, "css": css, "ipres": ipres})))
         ready = {
@@ -114,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             "css": f"{css_url}/css/v1/documents",
             "control": control,
             "ipres": {"inbox": str(ipres.inbox), "acks": str(ipres.acks)},
+            "tls": {k: str(v) for k, v in pki.partner_settings().items()} if pki else None,
         }
         print(json.dumps(ready), flush=True)
         stop.wait()

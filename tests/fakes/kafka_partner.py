@@ -2,11 +2,13 @@
 
 It judges each message with the fake institution's HTTP endpoint (the same checks, the same
 answers in the institution's format), so the Kafka path and the push path are held to one
-standard. ``duplicate_acks`` publishes every answer twice.
+standard (over mutual TLS with ``tls``, as Jokko reaches it). ``duplicate_acks`` publishes
+every answer twice.
 """
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 import uuid
@@ -30,6 +32,7 @@ class KafkaPartner:
         secret: bytes,
         *,
         duplicate_acks: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._topics = topics
@@ -37,6 +40,7 @@ class KafkaPartner:
         self._endpoint = endpoint
         self._secret = secret
         self.duplicate_acks = duplicate_acks
+        self._verify: ssl.SSLContext | bool = tls if tls is not None else True
         self.consumed = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"partner-{institution}")
@@ -59,7 +63,7 @@ class KafkaPartner:
             [self._topics.outbound(self._institution)],
         )
         producer = KafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
-        client = httpx.Client(timeout=10)
+        client = httpx.Client(timeout=10, verify=self._verify)
         try:
             while not self._stop.is_set():
                 for records in consumer.poll(timeout_ms=200).values():

@@ -16,6 +16,8 @@ the client sees the connection close with no byte of answer (httpx: ``RemoteProt
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +28,8 @@ import uvicorn
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from tests.tls import ServerTLS
 
 DROP_HEADER = b"x-jokko-fake-drop"
 
@@ -61,11 +65,47 @@ class _DroppingH11Protocol(H11Protocol):
         self.app = app
 
 
+def _send_tls_alerts() -> None:
+    """Make asyncio's TLS send its alert when a handshake fails.
+
+    Python 3.11's ``asyncio.sslproto`` closes the connection on a failed handshake without
+    writing the alert OpenSSL prepared (uvloop's, in C, does the same), so a client refused
+    for its certificate only sees the connection close. The servers institutions run (nginx,
+    Java) send the alert ("certificate required", "unknown ca"), and Jokko names the refusal
+    from it: the fakes behave like them. Patched once, in the test process only."""
+    cls = asyncio.sslproto.SSLProtocol
+    if getattr(cls, "_jokko_sends_alerts", False):
+        return
+
+    def _do_handshake(self: Any) -> None:
+        try:
+            self._sslobj.do_handshake()
+        except asyncio.sslproto.SSLAgainErrors:
+            self._process_outgoing()
+        except ssl.SSLError as exc:
+            self._process_outgoing()  # the alert, before the connection is closed
+            self._on_handshake_complete(exc)
+        else:
+            self._on_handshake_complete(None)
+
+    setattr(cls, "_do_handshake", _do_handshake)  # noqa: B010 - a private method, not typed
+    setattr(cls, "_jokko_sends_alerts", True)  # noqa: B010
+
+
 @contextmanager
 def serve(
-    app: ASGIApp, *, startup_timeout_s: float = 10.0, lifespan: bool = False
+    app: ASGIApp,
+    *,
+    startup_timeout_s: float = 10.0,
+    lifespan: bool = False,
+    tls: ServerTLS | None = None,
 ) -> Iterator[str]:
-    """``http://127.0.0.1:<port>`` while ``app`` is served; stopped and joined on exit."""
+    """``http://127.0.0.1:<port>`` while ``app`` is served; stopped and joined on exit.
+
+    With ``tls``, ``https://127.0.0.1:<port>``: the server presents ``tls.cert`` and, with
+    ``tls.client_ca``, refuses at the handshake a client without a certificate from that CA."""
+    if tls is not None:
+        _send_tls_alerts()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -76,6 +116,9 @@ def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=3,  # a request still waiting on latency_s is cut
+        # asyncio's loop, not uvloop, under TLS: its handshake is the one taught to send alerts
+        loop="asyncio" if tls else "auto",
+        **(tls.uvicorn_options() if tls else {}),  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="fake-institution", daemon=True)
@@ -89,7 +132,7 @@ def serve(
         time.sleep(0.005)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(15)

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -401,16 +402,23 @@ def test_jokko_api_command_serves_and_stops_on_sigterm(
     assert "Application shutdown complete" in log_text
 
 
-def start_jokko_api(settings: Settings, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``jokko api`` as a process with these settings, once its /readyz answers 200."""
+def start_jokko_api(
+    settings: Settings,
+    log_path: Path,
+    *,
+    tls: ssl.SSLContext | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``jokko api`` as a process with these settings, once its /readyz answers 200 (over
+    https, checked with ``tls``, when the settings give the API a certificate)."""
     env = {**os.environ, **settings_env(settings)}
     with log_path.open("wb") as log:
         proc = subprocess.Popen([JOKKO, "api"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{settings.api_port}"
+    scheme = "https" if settings.api_tls_cert_file else "http"
+    url = f"{scheme}://127.0.0.1:{settings.api_port}"
     deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
+            if httpx.get(f"{url}/readyz", verify=tls or True).status_code == 200:
                 return proc, url
         except httpx.TransportError:
             pass
@@ -427,6 +435,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         f"JOKKO_{name.upper()}": str(value)
         for name, value in settings.model_dump().items()
         if isinstance(value, str | int | float) and not isinstance(value, bool)
+    } | {
+        f"JOKKO_{name.upper()}": str(getattr(settings, name))
+        for name in ("api_tls_cert_file", "api_tls_key_file", "api_tls_client_ca_file")
+        if getattr(settings, name) is not None
     }
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from adapters.base import Institution
 from router.broker import idempotent_producer
 from router.canonical import publish_events
+from router.channels import tls_context
 from router.relay import Relay
 from router.store import AckAnomalyRow, DeadLetterRow, DeliveryState, OutboxRow
 from schemas import CanonicalEvent
@@ -38,6 +39,7 @@ from tests.fakes.ipres import FakeIPRES
 from tests.fakes.kafka_partner import KafkaPartner
 from tests.fakes.server import serve
 from tests.integration.test_router_flow import route_until_idle
+from tests.tls import TestPki, make_pki
 
 pytestmark = pytest.mark.integration
 
@@ -54,16 +56,20 @@ class Partners:
     css: FakeCSS
     ipres: FakeIPRES
     settings: dict[str, object]
+    pki: TestPki
 
 
 @pytest.fixture
 def partners(tmp_path: Path) -> Iterator[Partners]:
+    """CMU and CSS over mutual TLS (a test CA, Jokko's client certificate required), IPRES
+    by files."""
     cmu = FakeCMU(SECRETS[Institution.CMU], Faults(seed=1))
     css = FakeCSS(SECRETS[Institution.CSS], Faults(seed=2))
     ipres = FakeIPRES(tmp_path / "ipres-in", tmp_path / "ipres-acks", Faults(seed=3))
+    pki = make_pki(tmp_path / "pki")
     with ExitStack() as stack:
-        cmu_url = stack.enter_context(serve(cmu.app))
-        css_url = stack.enter_context(serve(css.app))
+        cmu_url = stack.enter_context(serve(cmu.app, tls=pki.server_tls()))
+        css_url = stack.enter_context(serve(css.app, tls=pki.server_tls()))
         stack.enter_context(ipres)
         yield Partners(
             cmu,
@@ -74,6 +80,7 @@ def partners(tmp_path: Path) -> Iterator[Partners]:
                     "mode": "http",
                     "url": f"{cmu_url}/fhir",
                     "secret": SECRETS[Institution.CMU].decode(),
+                    **pki.partner_settings(),
                 },
                 "css": {
                     "mode": "http",
@@ -81,9 +88,11 @@ def partners(tmp_path: Path) -> Iterator[Partners]:
                     "secret": SECRETS[Institution.CSS].decode(),
                     "timeout_s": 5,
                     "concurrency": 8,
+                    **pki.partner_settings(),
                 },
                 "ipres": {"mode": "file", "outbox_dir": ipres.inbox, "ack_dir": ipres.acks},
             },
+            pki,
         )
 
 
@@ -361,6 +370,7 @@ def test_kafka_mode_acks_come_back_on_the_ack_topic(
         str(url),
         SECRETS[Institution.CMU],
         duplicate_acks=True,
+        tls=tls_context(partners.pki.ca, partners.pki.client.cert, partners.pki.client.key),
     ) as partner:
         run.wait(lambda: run.unfinished() == 0, 90, "every CMU ack")
     cmu = [r for r in run.rows() if r.institution == "cmu"]
