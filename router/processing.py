@@ -13,7 +13,7 @@ and the differing fields, never their values.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -46,6 +46,7 @@ from adapters.base import (
     profile_after,
 )
 from router.bulk import TRAIL, TRAIL_COLUMNS, Columns, copy_rows
+from router.envelope import UNSEALABLE, Unsealable, header, open_canonical
 from router.identity import Owner, claim_identities
 from router.routing import MemberUnknown, destinations
 from router.sealing import DEAD_LETTER_AAD, writable_keys
@@ -134,6 +135,8 @@ class RawRecord:
     partition: int
     offset: int
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """The record's headers: a sealed value is opened with its ``event_id``."""
 
 
 class Outcome(StrEnum):
@@ -281,7 +284,14 @@ class Processor:
         repeats: list[_Item] = []  # later copies in the batch, compared with the first
         for i, record in enumerate(records):
             try:
-                event = parse_event(record.value)
+                clear = open_canonical(self._vault, record.value, record.headers)
+                if clear is not record.value:  # from here on, and in a dead letter, in clear
+                    record = replace(record, value=clear)
+                event = parse_event(clear)
+            except Unsealable as exc:  # altered on the topic, or a key this keyring lacks
+                dead.append(_dead_row(record, exc, UNSEALABLE, event_id=header_id(record)))
+                outcomes[i] = Outcome.DEAD_LETTERED
+                continue
             except InvalidEvent as exc:
                 dead.append(_dead_row(record, exc, "invalid_event"))
                 outcomes[i] = Outcome.DEAD_LETTERED
@@ -558,6 +568,10 @@ def _conflict_detail(event_id: str, applied: str, copy: Fingerprint, fields: lis
     )
 
 
+def header_id(record: RawRecord) -> str | None:
+    return header(record.headers, "event_id")
+
+
 def _dead_row(
     record: RawRecord,
     exc: JokkoError | None,
@@ -565,12 +579,13 @@ def _dead_row(
     *,
     detail: str = "",
     event: CanonicalEvent | None = None,
+    event_id: str | None = None,
 ) -> dict[str, Any]:
     return {
         "source": "canonical",
         "reason": reason,
         "detail": detail or str(exc),
-        "event_id": str(event.event_id) if event is not None else None,
+        "event_id": str(event.event_id) if event is not None else event_id,
         "member_id": event.member_id if event is not None else None,
         "topic": record.topic,
         "partition": record.partition,

@@ -78,6 +78,9 @@ class PartnerSettings(BaseModel):
     1 sends each message on its own, for a partner that does not read batches."""
     outbox_dir: Path | None = None
     ack_dir: Path | None = None
+    topic_key_file: Path | None = None
+    """Mode kafka: the key file (``jokko keys topic-key``) sealing this institution's topic,
+    held by Jokko and that institution only; without one its messages go on it in clear."""
 
     @model_validator(mode="after")
     def _complete_for_its_mode(self) -> PartnerSettings:

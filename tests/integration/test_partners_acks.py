@@ -20,11 +20,13 @@ from adapters.base import Ack, AckStatus, Institution
 from adapters.css import parse_ack as parse_css_ack
 from adapters.ipres import build_ack_file
 from router.acks import DecisionsUnpublished, apply_acks
+from router.canonical import decode_record
 from router.delivery import DeliveryWorker
+from router.envelope import is_sealed
 from router.processing import RawRecord
 from router.replay import replay
 from router.store import AckAnomalyRow, DeadLetterRow, DeliveryState, OutboxRow
-from schemas import CanonicalEvent, ClaimAdjudicated, dump_event, parse_event
+from schemas import CanonicalEvent, ClaimAdjudicated, dump_event
 from schemas.examples import load_examples
 from schemas.payloads import ClaimOutcome
 from services.bootstrap import bootstrap
@@ -56,7 +58,9 @@ def canonical_events(run: Run) -> list[CanonicalEvent]:
         while any(consumer.position(p) < end[p] for p in parts):
             assert time.monotonic() < deadline, "the canonical topic was not read to its end"
             for records in consumer.poll(timeout_ms=300).values():
-                events += [parse_event(r.value) for r in records]
+                # decisions are sealed like every canonical record: opened, never read in clear
+                assert all(is_sealed(r.value) for r in records)
+                events += [decode_record(r, run.app.vault) for r in records]
         return events
     finally:
         consumer.close()

@@ -165,7 +165,7 @@ def _apply(
     acks = jokko.adapters[institution].parse_ack(body)  # MalformedAck → 422, located
     report = apply_acks(jokko.engine, institution, acks, channel="api")
     if report.adjudications:
-        publish_events(producer, jokko.topics.canonical, report.adjudications)
+        publish_events(producer, jokko.topics.canonical, report.adjudications, vault=jokko.vault)
     return AckResult(
         applied=report.applied, duplicates=report.duplicates, anomalies=dict(report.anomalies)
     )
