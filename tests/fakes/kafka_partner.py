@@ -3,6 +3,10 @@
 It judges each message with the fake institution's HTTP endpoint (the same checks, the same
 answers in the institution's format), so the Kafka path and the push path are held to one
 standard. ``duplicate_acks`` publishes every answer twice.
+
+With ``topic_key`` (the institution's topic key file, loaded) it opens each sealed record with
+that key alone, as the institution would; a record it cannot open (another institution's
+key, altered bytes) is counted in ``unsealable`` and never answered.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from kafka import KafkaProducer
 
 from adapters.base import Institution
 from router.broker import group_consumer
+from router.envelope import Unsealable, is_sealed, open_for_institution
 from router.signing import sign
 from router.topics import Topics
+from router.vault import KeySet
 
 
 class KafkaPartner:
@@ -30,6 +36,7 @@ class KafkaPartner:
         secret: bytes,
         *,
         duplicate_acks: bool = False,
+        topic_key: KeySet | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._topics = topics
@@ -38,6 +45,8 @@ class KafkaPartner:
         self._secret = secret
         self.duplicate_acks = duplicate_acks
         self.consumed = 0
+        self.unsealable = 0
+        self._topic_key = topic_key
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"partner-{institution}")
         self._failure: BaseException | None = None
@@ -51,6 +60,11 @@ class KafkaPartner:
         self._thread.join(30)
         if self._failure is not None:
             raise self._failure
+
+    def _open(self, message_id: str, value: bytes) -> bytes:
+        if self._topic_key is None:
+            raise Unsealable("a sealed record and no topic key")
+        return open_for_institution(self._topic_key, self._institution.value, message_id, value)
 
     def _run(self) -> None:
         consumer = group_consumer(
@@ -66,10 +80,17 @@ class KafkaPartner:
                     for r in records:
                         headers = {k: v.decode() for k, v in r.headers}
                         message_id = headers["message_id"]
-                        signed = sign(self._secret, message_id, r.value, timestamp=int(time.time()))
+                        body = r.value
+                        if is_sealed(body):
+                            try:
+                                body = self._open(message_id, body)
+                            except Unsealable:
+                                self.unsealable += 1
+                                continue
+                        signed = sign(self._secret, message_id, body, timestamp=int(time.time()))
                         answer = client.post(
                             self._endpoint,
-                            content=r.value,
+                            content=body,
                             headers={**signed, "content-type": headers["content_type"]},
                         )
                         ack_topic = self._topics.acks(self._institution)
