@@ -28,8 +28,8 @@ from router.envelope import SEALED, UNSEALABLE, header, is_sealed, open_for_inst
 from router.processing import Outcome
 from router.sealing import open_original
 from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
-from router.vault import KeySet
-from schemas import parse_event
+from router.vault import Keyring, KeySet, Vault, new_key
+from schemas import CanonicalEvent, parse_event
 from services import keyring
 from services.api.app import create_app
 from services.api.security import Scope
@@ -308,3 +308,70 @@ def test_a_month_through_the_api_leaves_no_nin_or_phone_in_clear_on_the_broker_d
         f"\nscanned {len(segments)} segment files ({scanned:,} bytes) of {len(topics) - 1} "
         f"topics: 0 of {len(nins)} NINs, 0 of {len(phones)} phone numbers in clear"
     )
+
+
+def test_records_that_do_not_open_are_dead_letters_and_the_partition_goes_on(
+    jokko_settings: Callable[..., Settings],
+) -> None:
+    """One member's partition: an enrolment, then a record altered by one byte, one sealed
+    under a key this keyring lacks, one without its event_id header, a clear record from
+    before sealing, and a contribution. The three that do not open are dead letters
+    ``unsealable``, never applied; the clear one and the contribution behind them are routed."""
+    jokko = bootstrap(jokko_settings())
+    try:
+        month = generate_month(3, "2026-11", seed=random.randrange(10**6))
+        member = next(e for e in month.events if e["event_type"] == "member.enrolled")
+        paid = next(
+            e
+            for e in month.events
+            if e["event_type"] == "contribution.paid" and e["member_id"] == member["member_id"]
+        )
+
+        def again(event: dict[str, Any]) -> CanonicalEvent:
+            return parse_event({**event, "event_id": str(uuid.uuid4())})
+
+        foreign_key = KeySet("data-elsewhere", {"data-elsewhere": new_key()})
+        foreign = Vault(Keyring(data=foreign_key, token=foreign_key))
+        records: list[tuple[str, bytes, list[tuple[str, bytes]]]] = []
+        records.append(("enrolment", *canonical_record(parse_event(member), jokko.vault)))
+        value, headers = canonical_record(again(paid), jokko.vault)
+        flipped = value[:-1] + bytes([value[-1] ^ 0x80])  # the tag's last byte
+        records.append(("altered", flipped, headers))
+        records.append(("foreign key", *canonical_record(again(paid), foreign)))
+        value, headers = canonical_record(again(paid), jokko.vault)
+        records.append(("no event_id", value, [h for h in headers if h[0] != "event_id"]))
+        legacy = again(paid)
+        records.append(("clear", *canonical_record(legacy, None)))
+        records.append(("contribution", *canonical_record(parse_event(paid), jokko.vault)))
+        producer = idempotent_producer(jokko.settings.kafka_bootstrap)
+        try:
+            partitions = {
+                producer.send(
+                    jokko.topics.canonical,
+                    key=member["member_id"].encode(),
+                    value=value,
+                    headers=headers,
+                )
+                .get(30)
+                .partition
+                for _, value, headers in records
+            }
+        finally:
+            producer.close()
+        assert len(partitions) == 1
+        router = jokko.router()
+        try:
+            assert route_until_idle(router, len(records)) == len(records)
+        finally:
+            router.close()
+        assert router.stats == Counter({Outcome.ROUTED: 3, Outcome.DEAD_LETTERED: 3})
+        with Session(jokko.engine) as s:
+            dead = s.scalars(select(DeadLetterRow).order_by(DeadLetterRow.offset)).all()
+            inbox = set(s.scalars(select(InboxRow.event_id)))
+        assert [d.reason for d in dead] == [UNSEALABLE] * 3
+        assert "altered" in dead[0].detail
+        assert "no key 'data-elsewhere'" in dead[1].detail
+        assert "event_id" in dead[2].detail
+        assert inbox == {member["event_id"], paid["event_id"], str(legacy.event_id)}
+    finally:
+        jokko.engine.dispose()
