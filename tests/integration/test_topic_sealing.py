@@ -25,7 +25,8 @@ from adapters.base import Institution
 from router.broker import TopicSpec, ensure_topics, idempotent_producer
 from router.canonical import canonical_record
 from router.envelope import SEALED, UNSEALABLE, header, is_sealed, open_for_institution
-from router.processing import Outcome
+from router.processing import Outcome, Processor
+from router.replay import replay
 from router.sealing import open_original
 from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
 from router.vault import Keyring, KeySet, Vault, new_key
@@ -373,5 +374,17 @@ def test_records_that_do_not_open_are_dead_letters_and_the_partition_goes_on(
         assert "no key 'data-elsewhere'" in dead[1].detail
         assert "event_id" in dead[2].detail
         assert inbox == {member["event_id"], paid["event_id"], str(legacy.event_id)}
+        # the missing key added to the keyring: the record sealed under it replays; the
+        # altered one stays a dead letter
+        data = jokko.vault.keyring.data
+        both = KeySet(data.current, {**data.keys, **foreign_key.keys})
+        processor = Processor(jokko.engine, jokko.adapters, Vault(Keyring(both, both)))
+        assert replay(jokko.engine, processor, [dead[1].id, dead[0].id]) == {
+            dead[1].id: Outcome.ROUTED.value,
+            dead[0].id: Outcome.DEAD_LETTERED.value,
+        }
+        with Session(jokko.engine) as s:
+            assert s.scalar(select(func.count()).select_from(InboxRow)) == 4
+            assert s.scalar(select(func.count()).select_from(DeadLetterRow)) == 3
     finally:
         jokko.engine.dispose()
