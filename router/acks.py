@@ -256,7 +256,7 @@ class AckConsumer:
         *,
         producer: KafkaProducer | None = None,
         canonical_topic: str | None = None,
-        vault: Vault | None = None,
+        vault: Vault | None,
     ) -> None:
         """``vault`` seals the decisions published on ``canonical_topic``."""
         self._engine = engine

@@ -8,6 +8,10 @@ A copy whose insert conflicts is compared with the content digest its inbox row 
 digest is a duplicate (nothing to do), another digest is a *conflict*: the first stays applied
 and the copy becomes a dead letter of its own (``conflicting_duplicate``), naming both digests
 and the differing fields, never their values.
+
+Each record's value is opened first (``router.envelope``: sealed on the topic under a keyring
+key): one that does not open, altered on the topic or sealed under a key this keyring lacks,
+is a dead letter of its own (``unsealable``), never applied, and the batch goes on.
 """
 
 from __future__ import annotations
@@ -289,7 +293,7 @@ class Processor:
                     record = replace(record, value=clear)
                 event = parse_event(clear)
             except Unsealable as exc:  # altered on the topic, or a key this keyring lacks
-                dead.append(_dead_row(record, exc, UNSEALABLE, event_id=header_id(record)))
+                dead.append(_dead_row(record, exc, UNSEALABLE, event_id=_header_id(record)))
                 outcomes[i] = Outcome.DEAD_LETTERED
                 continue
             except InvalidEvent as exc:
@@ -568,7 +572,7 @@ def _conflict_detail(event_id: str, applied: str, copy: Fingerprint, fields: lis
     )
 
 
-def header_id(record: RawRecord) -> str | None:
+def _header_id(record: RawRecord) -> str | None:
     return header(record.headers, "event_id")
 
 

@@ -26,13 +26,15 @@ from router.store import (
     ReconciliationRunRow,
 )
 from services.demo_data import generate_month, previous_period
+from tests.infra import KafkaBroker
+from tests.segments import found_in, personal_values, segment_files, topics_of
 
 pytestmark = pytest.mark.e2e
 MEMBERS = 140
 
 
 def test_demo_runs_the_month_through_and_closes_its_reconciliation(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
     prefix = f"d{uuid.uuid4().hex[:8]}."
     env = {
@@ -107,3 +109,13 @@ def test_demo_runs_the_month_through_and_closes_its_reconciliation(
     assert not any(n for (r, _, k), n in items.items() if r == first and k != "missing")
     assert items[(second, "cmu", "missing")] == states[("cmu", "rejected")]
     assert sum(n for (r, _, _), n in items.items() if r == second) == states[("cmu", "rejected")]
+    # what the demo left on the broker's disks: its topics (canonical, DLQ, institutions', acks)
+    # hold none of the month's NINs and phone numbers in clear
+    nins, phones = personal_values(month.events)
+    segments = segment_files(kafka_broker, prefix)
+    assert f"{prefix}jokko.events.v1" in topics_of(segments)
+    assert f"{prefix}jokko.dlq.v1" in topics_of(segments)
+    assert sum(len(raw) for raw in segments.values()) > 100_000
+    assert len(nins) >= MEMBERS
+    assert found_in(segments, nins) == {}
+    assert found_in(segments, phones) == {}

@@ -44,6 +44,7 @@ from tests.fakes.server import serve
 from tests.infra import KafkaBroker
 from tests.integration.test_partners import SECRETS
 from tests.integration.test_router_flow import route_until_idle
+from tests.segments import found_in, personal_values, segment_files, topics_of
 
 pytestmark = pytest.mark.integration
 
@@ -86,48 +87,6 @@ def deployment(jokko_settings: Callable[..., Settings], tmp_path: Path) -> Itera
             yield Deployment(jokko, api, answer.json()["access_token"], f"{cmu_url}/fhir", keys)
     finally:
         jokko.engine.dispose()
-
-
-def personal_values(month_events: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
-    """Every NIN and every phone number (its 9 national digits, which every institution's
-    format keeps, with or without +221) in the events."""
-    nins: set[str] = set()
-    phones: set[str] = set()
-
-    def walk(value: object) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if key == "nin" and item:
-                    nins.add(item)
-                elif key.endswith("phone") and item:
-                    phones.add(item.removeprefix("+221"))
-                else:
-                    walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(month_events)
-    return nins, phones
-
-
-def segment_files(broker: KafkaBroker, prefix: str) -> dict[str, bytes]:
-    """The bytes of every segment file (``*.log``) of the topics named ``prefix``…"""
-    data = broker.directory / "data"
-    return {
-        str(f.relative_to(data)): f.read_bytes()
-        for d in data.iterdir()
-        if d.is_dir() and d.name.startswith(prefix)
-        for f in d.glob("*.log")
-    }
-
-
-def found_in(segments: dict[str, bytes], values: set[str]) -> dict[str, list[str]]:
-    return {
-        value: hits
-        for value in sorted(values)
-        if (hits := [name for name, raw in segments.items() if value.encode() in raw])
-    }
 
 
 def read_topic(jokko: Jokko, topic: str) -> list[Any]:
@@ -292,7 +251,7 @@ def test_a_month_through_the_api_leaves_no_nin_or_phone_in_clear_on_the_broker_d
     finally:
         producer.close()
     segments = segment_files(kafka_broker, prefix)
-    topics = {name.split("/")[0].rsplit("-", 1)[0] for name in segments}
+    topics = topics_of(segments)
     assert {
         jokko.topics.canonical,
         jokko.topics.dead_letters,
