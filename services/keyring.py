@@ -130,7 +130,14 @@ def rotate(path: Path, kind: Kind) -> str:
 
 
 def load_topic_key(path: Path) -> KeySet:
-    doc = read_document(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidSettings(
+            f"topic key: no file at {path}; make it with `jokko keys topic <institution>`"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise InvalidSettings(f"topic key: cannot read {path}: {exc}") from None
     try:
         return KeySet(
             current=doc["current"],
@@ -150,8 +157,8 @@ def topic_key(path: Path, institution: str) -> str:
         fresh = {"version": 1, "institution": institution, "current": kid, "keys": {kid: key}}
         if _write_new(path, fresh):
             return kid
-    doc: dict[str, Any] = read_document(path)
     load_topic_key(path)
+    doc: dict[str, Any] = read_document(path)
     if doc.get("institution") != institution:
         raise InvalidSettings(f"topic key {path} is {doc.get('institution')!r}'s")
     doc["keys"][kid] = key

@@ -101,3 +101,11 @@ def test_an_institution_opens_its_topic_with_its_key_and_no_other(tmp_path: Path
         keyring.topic_key(css_file, "cmu")
     assert json.loads(cmu_file.read_text())["institution"] == "cmu"
     assert cmu_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_missing_or_foreign_topic_key_file_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(InvalidSettings, match="jokko keys topic"):
+        keyring.load_topic_key(tmp_path / "absent.json")
+    (tmp_path / "ring.json").write_text('{"version": 1, "data": {}}')
+    with pytest.raises(InvalidSettings, match="not a Jokko topic key file"):
+        keyring.load_topic_key(tmp_path / "ring.json")
