@@ -37,6 +37,7 @@ from bench.record import figure, write_record
 from bench.router import PARTITIONS, Infra, infrastructure, log, percentile, workload
 from router.broker import TopicSpec, ensure_topics, idempotent_producer
 from router.canonical import publish_events
+from router.vault import Keyring, KeySet, Vault, new_key
 from schemas import CanonicalEvent, dump_event, parse_event
 from services.api.security import Authority, Scope
 from tests.infra import free_port
@@ -195,11 +196,13 @@ def peer_producer(bootstrap: str, events: Sequence[CanonicalEvent], size: int) -
     topic = f"benchapi.peer.{uuid.uuid4().hex[:6]}"
     ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS)])
     producer = idempotent_producer(bootstrap, client_id="bench-peer")
+    key = KeySet("bench", {"bench": new_key()})
+    vault = Vault(Keyring(data=key, token=key))  # sealed, as the API seals
     try:
-        publish_events(producer, topic, events[:size])  # metadata and connections
+        publish_events(producer, topic, events[:size], vault=vault)  # metadata, connections
         start = time.perf_counter()
         for i in range(0, len(events), size):
-            publish_events(producer, topic, events[i : i + size])
+            publish_events(producer, topic, events[i : i + size], vault=vault)
         return len(events) / (time.perf_counter() - start)
     finally:
         producer.close()

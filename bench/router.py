@@ -162,7 +162,11 @@ def expected_messages(events: Sequence[CanonicalEvent]) -> dict[str, int]:
 def publish(
     bootstrap: str, topic: str, events: Sequence[CanonicalEvent], rate: float | None = None
 ) -> None:
-    """Keyed by member, acks=all; at ``rate`` events/s if given (CreateTime = send time)."""
+    """Keyed by member, acks=all; at ``rate`` events/s if given (CreateTime = send time).
+
+    Clear records, which the router reads as records from before sealing: the routers run
+    with a keyring of their own that this publisher does not share, so the figures here leave
+    out opening a sealed record (its cost per record is in ``bench/seal.py``)."""
     producer = idempotent_producer(bootstrap, client_id="bench-publisher")
     try:
         start = time.perf_counter()

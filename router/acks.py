@@ -37,6 +37,7 @@ from router.store import (
     OutboxRow,
     utcnow,
 )
+from router.vault import Vault
 from schemas import ClaimAdjudicated
 from schemas.envelope import SCHEMA_VERSION, Source
 from schemas.errors import JokkoError
@@ -136,13 +137,14 @@ class DecisionsUnpublished(JokkoError):
 class DecisionPublisher:
     """Publishes decisions on the canonical topic and waits for the broker (``acks=all``)."""
 
-    def __init__(self, producer: KafkaProducer, canonical_topic: str) -> None:
+    def __init__(self, producer: KafkaProducer, canonical_topic: str, vault: Vault | None) -> None:
         self._producer = producer
         self._topic = canonical_topic
+        self._vault = vault
 
     def __call__(self, events: Sequence[ClaimAdjudicated]) -> None:
         try:
-            publish_events(self._producer, self._topic, events)
+            publish_events(self._producer, self._topic, events, vault=self._vault)
         except (KafkaError, BrokerUnavailable) as exc:
             raise DecisionsUnpublished(f"{self._topic}: {exc!r}") from exc
 
@@ -267,10 +269,13 @@ class AckConsumer:
         *,
         producer: KafkaProducer | None = None,
         canonical_topic: str | None = None,
+        vault: Vault | None,
     ) -> None:
+        """``vault`` seals the decisions published on ``canonical_topic``."""
         self._engine = engine
         self._producer = producer
         self._canonical = canonical_topic
+        self._vault = vault
         # Joined lazily, in the intake's own thread: a broker that is away at start-up must
         # not stop the relay from delivering what it can.
         self._make_consumer = consumer
@@ -302,7 +307,7 @@ class AckConsumer:
 
     def _publish(self, events: Sequence[ClaimAdjudicated]) -> None:
         if self._producer is not None and self._canonical:
-            publish_events(self._producer, self._canonical, events)
+            publish_events(self._producer, self._canonical, events, vault=self._vault)
 
     @property
     def institution(self) -> Institution:

@@ -11,7 +11,9 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from router.envelope import open_canonical, seal_canonical
 from router.errors import BrokerUnavailable
+from router.vault import Vault
 from schemas import CanonicalEvent, dump_event, parse_event
 
 
@@ -33,10 +35,30 @@ def record_headers(event: CanonicalEvent) -> list[tuple[str, bytes]]:
     ]
 
 
+def canonical_record(
+    event: CanonicalEvent, vault: Vault | None
+) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The value and headers of an event's record: sealed under the keyring's current data key
+    (``router.envelope``); ``vault`` None writes a clear record, for tests of other concerns."""
+    value, headers = dump_event(event), record_headers(event)
+    if vault is None:
+        return value, headers
+    value, sealed = seal_canonical(vault, str(event.event_id), value)
+    return value, [*headers, sealed]
+
+
 def publish_events(
-    producer: KafkaProducer, topic: str, events: Iterable[CanonicalEvent], *, timeout_s: float = 30
+    producer: KafkaProducer,
+    topic: str,
+    events: Iterable[CanonicalEvent],
+    *,
+    vault: Vault | None,
+    timeout_s: float = 30,
 ) -> list[Published]:
     """Send events keyed by ``member_id`` and wait until the broker has acknowledged each.
+
+    ``vault`` seals each value (``router.envelope``); every producer Jokko runs passes one,
+    the argument has no default so that none forgets it.
 
     ``timeout_s`` bounds the whole call (the sends and the acks), given a producer
     whose ``max_block_ms`` is no longer. It raises ``BrokerUnavailable`` when nothing can
@@ -49,14 +71,12 @@ def publish_events(
     events = list(events)
     try:
         for event in events:
+            value, headers = canonical_record(event, vault)
             sent.append(
                 (
                     event,
                     producer.send(
-                        topic,
-                        key=event.member_id.encode(),
-                        value=dump_event(event),
-                        headers=record_headers(event),
+                        topic, key=event.member_id.encode(), value=value, headers=headers
                     ),
                 )
             )
@@ -141,6 +161,7 @@ class OutcomeUnknown(BrokerUnavailable):
         self.in_flight = in_flight
 
 
-def decode_record(record: Any) -> CanonicalEvent:
-    """Parse a consumed record's value; raises ``InvalidEvent`` for a poison record."""
-    return parse_event(record.value)
+def decode_record(record: Any, vault: Vault | None = None) -> CanonicalEvent:
+    """Open and parse a consumed record's value; raises ``Unsealable`` for a record that
+    cannot be opened, ``InvalidEvent`` for a poison record."""
+    return parse_event(open_canonical(vault, record.value, record.headers or ()))

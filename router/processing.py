@@ -8,12 +8,16 @@ A copy whose insert conflicts is compared with the content digest its inbox row 
 digest is a duplicate (nothing to do), another digest is a *conflict*: the first stays applied
 and the copy becomes a dead letter of its own (``conflicting_duplicate``), naming both digests
 and the differing fields, never their values.
+
+Each record's value is opened first (``router.envelope``: sealed on the topic under a keyring
+key): one that does not open, altered on the topic or sealed under a key this keyring lacks,
+is a dead letter of its own (``unsealable``), never applied, and the batch goes on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -47,6 +51,7 @@ from adapters.base import (
     profile_after,
 )
 from router.bulk import TRAIL, TRAIL_COLUMNS, Columns, copy_rows
+from router.envelope import UNSEALABLE, Unsealable, header, open_canonical
 from router.identity import Owner, claim_identities
 from router.routing import MemberUnknown, destinations
 from router.sealing import DEAD_LETTER_AAD, writable_keys
@@ -137,6 +142,8 @@ class RawRecord:
     partition: int
     offset: int
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """The record's headers: a sealed value is opened with its ``event_id``."""
 
 
 class Outcome(StrEnum):
@@ -287,7 +294,14 @@ class Processor:
         repeats: list[_Item] = []  # later copies in the batch, compared with the first
         for i, record in enumerate(records):
             try:
-                event = parse_event(record.value)
+                clear = open_canonical(self._vault, record.value, record.headers)
+                if clear is not record.value:  # from here on, and in a dead letter, in clear
+                    record = replace(record, value=clear)
+                event = parse_event(clear)
+            except Unsealable as exc:  # altered on the topic, or a key this keyring lacks
+                dead.append(_dead_row(record, exc, UNSEALABLE, event_id=_header_id(record)))
+                outcomes[i] = Outcome.DEAD_LETTERED
+                continue
             except InvalidEvent as exc:
                 dead.append(_dead_row(record, exc, "invalid_event"))
                 outcomes[i] = Outcome.DEAD_LETTERED
@@ -571,6 +585,10 @@ def _conflict_detail(event_id: str, applied: str, copy: Fingerprint, fields: lis
     )
 
 
+def _header_id(record: RawRecord) -> str | None:
+    return header(record.headers, "event_id")
+
+
 def _dead_row(
     record: RawRecord,
     exc: JokkoError | None,
@@ -578,12 +596,13 @@ def _dead_row(
     *,
     detail: str = "",
     event: CanonicalEvent | None = None,
+    event_id: str | None = None,
 ) -> dict[str, Any]:
     return {
         "source": "canonical",
         "reason": reason,
         "detail": detail or str(exc),
-        "event_id": str(event.event_id) if event is not None else None,
+        "event_id": str(event.event_id) if event is not None else event_id,
         "member_id": event.member_id if event is not None else None,
         "topic": record.topic,
         "partition": record.partition,

@@ -34,9 +34,10 @@ from router.delivery import (
     Result,
     RetryPolicy,
 )
+from router.envelope import seal_for_institution
 from router.store import DeadLetterRow, DeliveryState, OutboxRow, utcnow
 from router.topics import Topics
-from router.vault import Vault
+from router.vault import KeySet, Vault
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,14 @@ class KafkaChannel:
         institution: Institution,
         *,
         timeout_s: float | None = None,
+        key: KeySet | None = None,
     ) -> None:
+        """``key``: the institution's topic key; each message is sealed under it
+        (``router.envelope``). None: messages go on the topic in clear."""
         self._producer = producer
         self._topic = topics.outbound(institution)
         self._institution = institution
+        self._key = key
         # Until the producer itself gives up on a record (its delivery timeout): a record
         # given up on sooner may still go out, and its retry would be a second copy.
         self._timeout = timeout_s or producer.config["delivery_timeout_ms"] / 1000 + 5
@@ -69,20 +74,24 @@ class KafkaChannel:
         futures = []
         refused: KafkaError | None = None
         for p in parcels:
+            headers = [
+                ("message_id", p.message_id.encode()),
+                ("event_id", p.event_id.encode()),
+                ("kind", p.kind.encode()),
+                ("content_type", p.content_type.encode()),
+                ("member_seq", str(p.member_seq).encode()),
+                ("format_version", str(p.format_version).encode()),
+            ]
+            value = p.body
+            if self._key is not None:
+                value, sealed = seal_for_institution(
+                    self._key, self._institution.value, p.message_id, p.body
+                )
+                headers.append(sealed)
             try:
                 futures.append(
                     self._producer.send(
-                        self._topic,
-                        key=p.member_id.encode(),
-                        value=p.body,
-                        headers=[
-                            ("message_id", p.message_id.encode()),
-                            ("event_id", p.event_id.encode()),
-                            ("kind", p.kind.encode()),
-                            ("content_type", p.content_type.encode()),
-                            ("member_seq", str(p.member_seq).encode()),
-                            ("format_version", str(p.format_version).encode()),
-                        ],
+                        self._topic, key=p.member_id.encode(), value=value, headers=headers
                     )
                 )
             except KafkaError as exc:  # e.g. no metadata for the topic within max_block
@@ -191,14 +200,17 @@ class Relay:
         channels: Mapping[Institution, Channel] | None = None,
         intake: Sequence[AckIntake] = (),
         vault: Vault | None = None,
+        topic_keys: Mapping[Institution, KeySet] | None = None,
     ) -> None:
+        """``topic_keys``: each Kafka institution's topic key (``KafkaChannel``)."""
         self._producer = producer
         self.intake = list(intake)
+        keys = topic_keys or {}
         chosen: dict[Institution, Channel] = {
-            inst: KafkaChannel(producer, topics, inst) for inst in Institution
+            inst: KafkaChannel(producer, topics, inst, key=keys.get(inst)) for inst in Institution
         }
         chosen.update(channels or {})
-        decisions = DecisionPublisher(producer, topics.canonical)  # CMU's, in HTTP answers
+        decisions = DecisionPublisher(producer, topics.canonical, vault)  # CMU's, in HTTP answers
         self.workers = {
             inst: DeliveryWorker(
                 engine, ch, policy=policy, batch_size=batch_size, decisions=decisions, vault=vault

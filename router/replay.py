@@ -34,7 +34,12 @@ def replay(engine: Engine, processor: Processor, dead_letter_ids: Iterable[int])
             original = row.original
             if processor.vault is not None:
                 original = open_original(session.connection(), processor.vault, row)
-            record = RawRecord(row.topic or "replay", row.partition or 0, row.offset or 0, original)
+            # the event id it came with: a record sealed under a key the keyring lacked then
+            # (``unsealable``) opens once that key is added
+            headers = (("event_id", row.event_id.encode()),) if row.event_id else ()
+            record = RawRecord(
+                row.topic or "replay", row.partition or 0, row.offset or 0, original, headers
+            )
         outcome = processor.process(record)
         if outcome in (Outcome.ROUTED, Outcome.DUPLICATE):
             with Session(engine) as session, session.begin():

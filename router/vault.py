@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -71,6 +71,56 @@ def new_key() -> bytes:
     return os.urandom(KEY_BYTES)
 
 
+def sealed_under(blob: bytes) -> str | None:
+    """The key id a ``seal_under`` value names (None: not such a value)."""
+    if not blob.startswith(SYSTEM) or len(blob) <= len(SYSTEM):
+        return None
+    n = blob[len(SYSTEM)]
+    try:
+        return blob[len(SYSTEM) + 1 : len(SYSTEM) + 1 + n].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def seal_under(
+    keys: KeySet, plaintext: bytes, aad: bytes, aead: Callable[[str], AESGCM] | None = None
+) -> bytes:
+    """``plaintext`` sealed under the current key of ``keys``: ``JK1`` + key-id length (one
+    byte) + key id (ASCII) + nonce (12 bytes) + AES-256-GCM ciphertext and tag (16 bytes),
+    ``aad`` authenticated but not stored. ``aead`` caches the cipher of a key id."""
+    kid = keys.current
+    nonce = os.urandom(_NONCE)
+    cipher = aead(kid) if aead is not None else AESGCM(keys.keys[kid])
+    return SYSTEM + bytes([len(kid)]) + kid.encode() + nonce + cipher.encrypt(nonce, plaintext, aad)
+
+
+def open_under(
+    keys: KeySet, blob: bytes, aad: bytes, aead: Callable[[str], AESGCM] | None = None
+) -> bytes:
+    """A value sealed by ``seal_under`` with any key of ``keys``; a value without the prefix
+    is a legacy clear value, returned as it is. Raises ``SealError`` for an unknown key id, a
+    malformed value, or a tag that fails (altered bytes, other associated data)."""
+    if not blob.startswith(SYSTEM):
+        return blob
+    kid = sealed_under(blob)
+    if kid is None:
+        raise SealError("a sealed value is malformed")
+    start = len(SYSTEM) + 1 + len(kid)
+    nonce, sealed = blob[start : start + _NONCE], blob[start + _NONCE :]
+    if len(nonce) != _NONCE:
+        raise SealError("a sealed value is malformed")
+    if aead is not None:
+        cipher = aead(kid)
+    elif kid in keys.keys:
+        cipher = AESGCM(keys.keys[kid])
+    else:
+        raise SealError(f"no key {kid!r} to open it")
+    try:
+        return cipher.decrypt(nonce, sealed, aad)
+    except InvalidTag:
+        raise SealError("a sealed value was altered or moved") from None
+
+
 @dataclass
 class Vault:
     keyring: Keyring
@@ -88,31 +138,16 @@ class Vault:
     # --- what belongs to no member ---------------------------------------------------------
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        kid = self.keyring.data.current
-        nonce = os.urandom(_NONCE)
-        sealed = self._kek(kid).encrypt(nonce, plaintext, aad)
-        return SYSTEM + bytes([len(kid)]) + kid.encode() + nonce + sealed
+        return seal_under(self.keyring.data, plaintext, aad, self._kek)
 
     def open(self, blob: bytes, aad: bytes) -> bytes:
         """A value sealed by ``seal``; a value without the prefix is a legacy clear value,
         returned as it is (``jokko keys rewrap`` seals those)."""
-        if not blob.startswith(SYSTEM):
-            return blob
-        n = blob[len(SYSTEM)]
-        start = len(SYSTEM) + 1
-        kid = blob[start : start + n].decode()
-        nonce = blob[start + n : start + n + _NONCE]
-        try:
-            return self._kek(kid).decrypt(nonce, blob[start + n + _NONCE :], aad)
-        except InvalidTag:
-            raise SealError("a sealed value was altered or moved") from None
+        return open_under(self.keyring.data, blob, aad, self._kek)
 
     def sealed_under(self, blob: bytes) -> str | None:
         """The KEK id a system-sealed value names (None: clear, or sealed under a DEK)."""
-        if not blob.startswith(SYSTEM):
-            return None
-        n = blob[len(SYSTEM)]
-        return blob[len(SYSTEM) + 1 : len(SYSTEM) + 1 + n].decode()
+        return sealed_under(blob)
 
     # --- members' data keys --------------------------------------------------------------------
 

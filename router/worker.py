@@ -51,7 +51,7 @@ class RouterWorker:
         """Process one polled batch and commit its offsets; returns the records handled."""
         batch = self._consumer.poll(timeout_ms=timeout_ms)
         raws = [
-            RawRecord(r.topic, r.partition, r.offset, r.value or b"")
+            RawRecord(r.topic, r.partition, r.offset, r.value or b"", tuple(r.headers or ()))
             for records in batch.values()
             for r in records
         ]

@@ -6,6 +6,7 @@ they exercise is what production runs.
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import ssl
@@ -34,10 +35,12 @@ from router.registry import outbound_adapters
 from router.relay import AckIntake, Relay
 from router.store import KeyCheckRow, utcnow
 from router.topics import Topics
-from router.vault import SealError, Vault
+from router.vault import KeySet, SealError, Vault
 from router.worker import RouterWorker
 from services import keyring
 from services.settings import DeliveryMode, InvalidSettings, PartnerSettings, Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,6 +133,7 @@ class Jokko:
                         self.adapters[inst],
                         producer=producer,
                         canonical_topic=self.topics.canonical,
+                        vault=self.vault,
                     )
                 )
             elif p.mode == DeliveryMode.FILE:
@@ -149,7 +153,22 @@ class Jokko:
             channels=self.channels(),
             intake=self.ack_intake(producer) if with_acks else (),
             vault=self.vault,
+            topic_keys=self.topic_keys(),
         )
+
+    def topic_keys(self) -> dict[Institution, KeySet]:
+        """The topic key of each institution that reads its Kafka topic and has one; the
+        others' messages go on their topic in clear, which the log says at start."""
+        keys: dict[Institution, KeySet] = {}
+        for inst in Institution:
+            p = self.partner(inst)
+            if p.mode != DeliveryMode.KAFKA:
+                continue
+            if p.topic_key_file is None:
+                log.warning("%s: no topic_key_file, its topic carries its messages in clear", inst)
+                continue
+            keys[inst] = keyring.load_topic_key(p.topic_key_file)
+        return keys
 
 
 def partner_tls(institution: Institution, partner: PartnerSettings) -> ssl.SSLContext:

@@ -318,6 +318,33 @@ def keys_rotate(
     )
 
 
+@keys_app.command("topic")
+def keys_topic(
+    institution: Annotated[Institution, typer.Argument(help="The institution reading its topic.")],
+) -> None:
+    """Make the topic key file of INSTITUTION (JOKKO_<INST>__TOPIC_KEY_FILE), or add a new
+    current key to it. Hand the file to that institution (its consumer opens its topic's
+    records with it), then restart the relay; earlier keys stay in the file, to open the
+    records still on the topic."""
+    from services import keyring
+
+    path = getattr(load_settings(), institution.value).topic_key_file
+    if path is None:
+        Console(stderr=True).print(
+            f"[red]error:[/] set JOKKO_{institution.value.upper()}__TOPIC_KEY_FILE first"
+        )
+        raise typer.Exit(2)
+    try:
+        kid = keyring.topic_key(path, institution.value)
+    except JokkoError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    Console().print(
+        f"new topic key {kid} for {institution.value} in {path}: hand the file to "
+        f"{institution.value.upper()} (and to no one else), then restart the relay"
+    )
+
+
 @keys_app.command("rewrap")
 def keys_rewrap() -> None:
     """Re-seal, now, everything sealed under an older data key (and what is still in clear

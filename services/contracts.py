@@ -157,8 +157,21 @@ def _member_key() -> dict[str, Any]:
     }
 
 
-def _headers(properties: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "object", "required": sorted(properties), "properties": properties}
+def _headers(
+    properties: dict[str, dict[str, Any]], optional: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    required = sorted(set(properties) - set(optional))
+    return {"type": "object", "required": required, "properties": properties}
+
+
+_ENVELOPE = (
+    '"JK1" | key-id length (1 byte) | key id (ASCII) | nonce (12 bytes) | AES-256-GCM '
+    "ciphertext | tag (16 bytes)"
+)
+_SEALED_HEADER = {
+    "type": "string",
+    "description": "The id of the key the value is sealed under; absent on a clear record.",
+}
 
 
 def _canonical_message() -> dict[str, Any]:
@@ -166,13 +179,23 @@ def _canonical_message() -> dict[str, Any]:
         "name": "CanonicalEvent",
         "title": f"Canonical event v{SCHEMA_VERSION}",
         "summary": "One fact recorded by the mutual; event_type selects the payload's schema.",
+        "description": (
+            "Sealed on the topic (router/envelope.py): the value is the canonical event's JSON "
+            f"sealed under a key of Jokko's keyring, {_ENVELOPE}, with associated data "
+            '"jokko.canonical:" + the event_id header; the payload below is what it opens to. '
+            "A value not starting with JK1 is a clear record from before sealing. A sealed "
+            "value that does not open (unknown key, altered bytes) is a dead letter, "
+            "reason unsealable."
+        ),
         "contentType": "application/json",
         "headers": _headers(
             {
                 "event_id": {**_UUID, "description": "The event's id (idempotency key)."},
                 "event_type": {"type": "string", "enum": sorted(EVENT_CLASSES)},
                 "schema_version": {"type": "string", "const": str(SCHEMA_VERSION)},
-            }
+                "sealed": _SEALED_HEADER,
+            },
+            optional=("sealed",),
         ),
         "payload": {"$ref": _SCHEMAS + CANONICAL_EVENT},
         "bindings": {"kafka": {"key": _member_key(), "bindingVersion": KAFKA_BINDING}},
@@ -188,6 +211,12 @@ def _outbound_message(inst: Institution) -> dict[str, Any]:
             f"One message in {inst.value.upper()}'s own format; a re-sent message keeps its "
             "message_id, so the consumer drops copies."
         ),
+        "description": (
+            "Sealed when the institution has a topic key (JOKKO_<INST>__TOPIC_KEY_FILE, held "
+            f"by Jokko and that institution only): {_ENVELOPE}, with associated data "
+            f'"jokko.out.{inst.value}:" + the message_id header; the payload below is what it '
+            "opens to. Without a topic key, the message in clear."
+        ),
         "contentType": spec["content_type"],
         "headers": _headers(
             {
@@ -201,7 +230,9 @@ def _outbound_message(inst: Institution) -> dict[str, Any]:
                     "description": "1, 2, 3... per member and institution: gaps mean a loss.",
                 },
                 "format_version": {"type": "string", "const": str(spec["format_version"])},
-            }
+                "sealed": _SEALED_HEADER,
+            },
+            optional=("sealed",),
         ),
         "payload": spec["payload"],
         "bindings": {"kafka": {"key": _member_key(), "bindingVersion": KAFKA_BINDING}},
@@ -253,7 +284,11 @@ def _dead_letter_message() -> dict[str, Any]:
         "payload": {
             "type": "string",
             "format": "binary",
-            "description": "The original record or message, byte for byte.",
+            "description": (
+                "The original record or message, sealed: a canonical record's original under "
+                "a key of Jokko's keyring (associated data dead_letter), a message under its "
+                "member's data key. Operators read it through the API."
+            ),
         },
     }
 

@@ -41,7 +41,9 @@ from sqlalchemy.orm import Session
 from adapters.msnas.ledger import header_line, ledger_line
 from router.broker import idempotent_producer
 from router.broker import wait_until_ready as wait_for_broker
+from router.envelope import seal_canonical
 from router.store import DeadLetterRow, DeliveryState, InboxRow, MemberDuplicateRow, OutboxRow
+from router.vault import Vault
 from schemas.errors import JokkoError
 from services.api.security import Authority, Scope
 from services.bootstrap import bootstrap
@@ -336,7 +338,7 @@ class Demo:
                 f"{rejected_member}; a poison record goes straight onto the canonical topic"
             )
             self._submit(http, month)
-            self._poison()
+            self._poison(jokko.vault)
             self._wait_final(len(month.events))
             self.outcome.first = self._tally()
             self.outcome.dead_letters = self._dead_letters()
@@ -398,13 +400,21 @@ class Demo:
                 self.outcome.submitted += len(chunk)
                 bar.advance(task, len(chunk))
 
-    def _poison(self) -> None:
+    def _poison(self, vault: Vault) -> None:
+        """Sealed like every record on the topic: it opens, and then does not parse."""
+        event_id = str(uuid.uuid4())
+        value, sealed = seal_canonical(
+            vault,
+            event_id,
+            b'{"event_type": "member.enrolled", "payload": ',  # cut off mid-way
+        )
         producer = idempotent_producer(self.settings.kafka_bootstrap, client_id="jokko-demo")
         try:
             producer.send(
                 self.settings.canonical_topic,
                 key=b"MSNAS-DK-999999",
-                value=b'{"event_type": "member.enrolled", "payload": ',  # cut off mid-way
+                value=value,
+                headers=[("event_id", event_id.encode()), sealed],
             ).get(timeout=30)
         finally:
             producer.close()

@@ -123,6 +123,50 @@ def rotate(path: Path, kind: Kind) -> str:
     return kid
 
 
+# --- an institution's topic key ------------------------------------------------------------
+# ``{"version": 1, "institution": "cmu", "current": "topic-cmu-...", "keys": {id: base64}}``:
+# the same file is handed to the institution (its consumer opens its topic's records with it,
+# ``router.envelope``); Jokko's keyring is never handed to anyone.
+
+
+def load_topic_key(path: Path) -> KeySet:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidSettings(
+            f"topic key: no file at {path}; make it with `jokko keys topic <institution>`"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise InvalidSettings(f"topic key: cannot read {path}: {exc}") from None
+    try:
+        return KeySet(
+            current=doc["current"],
+            keys={k: base64.b64decode(v, validate=True) for k, v in doc["keys"].items()},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidSettings(f"topic key {path}: not a Jokko topic key file ({exc})") from None
+
+
+def topic_key(path: Path, institution: str) -> str:
+    """Make the topic key file of ``institution`` at ``path``, or add a new current key to
+    it (rotation: the previous keys stay, to open what is still on the topic). Returns the
+    new key's id."""
+    kid = f"topic-{institution}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
+    key = base64.b64encode(new_key()).decode()
+    if not path.exists():
+        fresh = {"version": 1, "institution": institution, "current": kid, "keys": {kid: key}}
+        if _write_new(path, fresh):
+            return kid
+    load_topic_key(path)
+    doc: dict[str, Any] = read_document(path)
+    if doc.get("institution") != institution:
+        raise InvalidSettings(f"topic key {path} is {doc.get('institution')!r}'s")
+    doc["keys"][kid] = key
+    doc["current"] = kid
+    _replace(path, doc)
+    return kid
+
+
 def describe(path: Path) -> list[tuple[str, str, bool]]:
     """(kind, key id, is current) of every key: ids only, never key material."""
     keyring = load(path)

@@ -96,6 +96,9 @@ class PartnerSettings(BaseModel):
     allow_plain_http: bool = False
     """Let mode http use an ``http://`` URL, to a loopback address only (a test peer on this
     machine). Off, as production leaves it: personal data never leaves in clear by mistake."""
+    topic_key_file: Path | None = None
+    """Mode kafka: the key file (``jokko keys topic-key``) sealing this institution's topic,
+    held by Jokko and that institution only; without one its messages go on it in clear."""
 
     @model_validator(mode="after")
     def _complete_for_its_mode(self) -> PartnerSettings:

@@ -27,14 +27,17 @@ from router.store import (
     ReconciliationRunRow,
 )
 from services.demo_data import DUPLICATE_EVERY, generate_month, previous_period
+from tests.infra import KafkaBroker
 from tests.integration.test_personal_data import personal_values
+from tests.segments import found_in, segment_files, topics_of
+from tests.segments import personal_values as nins_and_phones
 
 pytestmark = pytest.mark.e2e
 MEMBERS = 140
 
 
 def test_demo_runs_the_month_through_and_closes_its_reconciliation(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
     prefix = f"d{uuid.uuid4().hex[:8]}."
     env = {
@@ -118,6 +121,16 @@ def test_demo_runs_the_month_through_and_closes_its_reconciliation(
     assert items[(second, "cmu", "missing")] == states[("cmu", "rejected")]
     left = sum(n for (r, _, k), n in items.items() if r == second and k != "duplicate_member")
     assert left == states[("cmu", "rejected")]
+    # what the demo left on the broker's disks: its topics (canonical, DLQ, institutions', acks)
+    # hold none of the month's NINs and phone numbers in clear
+    nins, phones = nins_and_phones(month.events)
+    segments = segment_files(kafka_broker, prefix)
+    assert f"{prefix}jokko.events.v1" in topics_of(segments)
+    assert f"{prefix}jokko.dlq.v1" in topics_of(segments)
+    assert sum(len(raw) for raw in segments.values()) > 100_000
+    assert len(nins) >= MEMBERS
+    assert found_in(segments, nins) == {}
+    assert found_in(segments, phones) == {}
 
 
 def assert_no_personal_data_in_clear(work: Path, events: list[dict[str, object]]) -> None:

@@ -4,6 +4,10 @@ It judges each message with the fake institution's HTTP endpoint (the same check
 answers in the institution's format), so the Kafka path and the push path are held to one
 standard (over mutual TLS with ``tls``, as Jokko reaches it). ``duplicate_acks`` publishes
 every answer twice.
+
+With ``topic_key`` (the institution's topic key file, loaded) it opens each sealed record with
+that key alone, as the institution would; a record it cannot open (another institution's
+key, altered bytes) is counted in ``unsealable`` and never answered.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from kafka import KafkaProducer
 
 from adapters.base import Institution
 from router.broker import group_consumer
+from router.envelope import Unsealable, is_sealed, open_for_institution
 from router.signing import sign
 from router.topics import Topics
+from router.vault import KeySet
 
 
 class KafkaPartner:
@@ -33,6 +39,7 @@ class KafkaPartner:
         *,
         duplicate_acks: bool = False,
         tls: ssl.SSLContext | None = None,
+        topic_key: KeySet | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._topics = topics
@@ -42,6 +49,8 @@ class KafkaPartner:
         self.duplicate_acks = duplicate_acks
         self._verify: ssl.SSLContext | bool = tls if tls is not None else True
         self.consumed = 0
+        self.unsealable = 0
+        self._topic_key = topic_key
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"partner-{institution}")
         self._failure: BaseException | None = None
@@ -55,6 +64,11 @@ class KafkaPartner:
         self._thread.join(30)
         if self._failure is not None:
             raise self._failure
+
+    def _open(self, message_id: str, value: bytes) -> bytes:
+        if self._topic_key is None:
+            raise Unsealable("a sealed record and no topic key")
+        return open_for_institution(self._topic_key, self._institution.value, message_id, value)
 
     def _run(self) -> None:
         consumer = group_consumer(
@@ -70,10 +84,17 @@ class KafkaPartner:
                     for r in records:
                         headers = {k: v.decode() for k, v in r.headers}
                         message_id = headers["message_id"]
-                        signed = sign(self._secret, message_id, r.value, timestamp=int(time.time()))
+                        body = r.value
+                        if is_sealed(body):
+                            try:
+                                body = self._open(message_id, body)
+                            except Unsealable:
+                                self.unsealable += 1
+                                continue
+                        signed = sign(self._secret, message_id, body, timestamp=int(time.time()))
                         answer = client.post(
                             self._endpoint,
-                            content=r.value,
+                            content=body,
                             headers={**signed, "content-type": headers["content_type"]},
                         )
                         ack_topic = self._topics.acks(self._institution)

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from adapters.base import Institution
 from router.audit import verify
+from router.envelope import open_canonical
 from router.processing import RawRecord
 from router.store import AuditRow, DeadLetterRow, DeliveryState, OutboxRow
 from schemas import dump_event
@@ -111,7 +112,7 @@ def on_topic(api: Api) -> list[dict[str, object]]:
         consumer_timeout_ms=3000,
     )
     try:
-        return [json.loads(r.value) for r in consumer]
+        return [json.loads(open_canonical(api.jokko.vault, r.value, r.headers)) for r in consumer]
     finally:
         consumer.close()
 

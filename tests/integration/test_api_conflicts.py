@@ -94,7 +94,9 @@ def test_conflicting_resubmission_is_refused_or_dead_lettered_never_silent(api: 
     # A copy the API could not know about (another replica racing, its database away) reaches
     # the canonical topic: the router dead-letters it, the first one stands.
     producer = idempotent_producer(api.jokko.settings.kafka_bootstrap)
-    publish_events(producer, api.jokko.topics.canonical, [parse_event(other)])
+    publish_events(
+        producer, api.jokko.topics.canonical, [parse_event(other)], vault=api.jokko.vault
+    )
     route(api, 2)  # the fresh event and the conflicting copy
     with api.client("operator") as op:
         letters = op.get("/v1/dead-letters").json()["items"]

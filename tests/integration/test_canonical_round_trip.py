@@ -1,5 +1,6 @@
 """Canonical events through the real broker: every example published with the idempotent
-producer and read back in a consumer group, identical and keyed by member."""
+producer and read back in a consumer group, keyed by member, sealed on the wire and identical
+once opened."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from typer.testing import CliRunner
 
 from router.broker import TopicSpec, ensure_topics, group_consumer, idempotent_producer
 from router.canonical import decode_record, publish_events
+from router.envelope import open_canonical
+from router.vault import Vault
 from schemas import CanonicalEvent, dump_event
 from schemas.examples import load_examples
+from services import keyring
 from services.cli import app
 from services.settings import Settings, load_settings
 from tests.infra import free_port
@@ -40,9 +44,10 @@ class RoundTrip:
 def round_trip(settings: Settings, events: list[CanonicalEvent], timeout_s: float) -> RoundTrip:
     topic = settings.canonical_topic
     ensure_topics(settings.kafka_bootstrap, [TopicSpec(topic, settings.canonical_partitions)])
+    vault = Vault(keyring.load(settings.keyring_file, create=True))
     producer = idempotent_producer(settings.kafka_bootstrap, client_id="round-trip")
     try:
-        published = publish_events(producer, topic, events)
+        published = publish_events(producer, topic, events, vault=vault)
     finally:
         producer.close()
     by_position = {(p.partition, p.offset): e for p, e in zip(published, events, strict=True)}
@@ -56,10 +61,11 @@ def round_trip(settings: Settings, events: list[CanonicalEvent], timeout_s: floa
                     original = by_position.get((record.partition, record.offset))
                     if original is None:
                         continue
-                    back = decode_record(record)
+                    back = decode_record(record, vault)
+                    clear = open_canonical(vault, record.value, record.headers)
                     result.received[back.event_type] += 1
                     result.member_partitions.setdefault(back.member_id, set()).add(record.partition)
-                    if back == original and record.value == dump_event(original):
+                    if back == original and clear == dump_event(original) != record.value:
                         result.identical[back.event_type] += 1
     finally:
         consumer.close()

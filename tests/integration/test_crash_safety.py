@@ -28,6 +28,9 @@ from router.canonical import publish_events
 from router.migrate import upgrade
 from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
 from router.topics import Topics
+from router.vault import Vault
+from services import keyring
+from services.settings import load_settings
 from tests.factories import contributions
 from tests.infra import KafkaBroker, PostgresCluster
 from tests.integration.test_relay import (
@@ -134,11 +137,13 @@ def flow(
 def feed(flow: Flow, bootstrap: str, members: int, per_member: int) -> int:
     """Publish contributions (three institutions each) with poison records interleaved."""
     events = contributions(members, per_member, seed=uuid.uuid4().hex[:4])
+    # sealed under the keyring the processes read (the same settings, the same file)
+    vault = Vault(keyring.load(load_settings().keyring_file, create=True))
     producer = idempotent_producer(bootstrap)
     try:
         step = len(events) // (len(POISON) + 1)
         for i in range(0, len(events), step):
-            publish_events(producer, flow.topics.canonical, events[i : i + step])
+            publish_events(producer, flow.topics.canonical, events[i : i + step], vault=vault)
             if i // step < len(POISON):
                 producer.send(flow.topics.canonical, key=b"poison", value=POISON[i // step])
         producer.flush()

@@ -144,7 +144,7 @@ def start(
         app = bootstrap(settings)
         producer = idempotent_producer(settings.kafka_bootstrap)
         try:
-            publish_events(producer, app.topics.canonical, events)
+            publish_events(producer, app.topics.canonical, events, vault=app.vault)
         finally:
             producer.close()
         router = app.router()

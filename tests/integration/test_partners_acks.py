@@ -20,7 +20,9 @@ from adapters.base import Ack, AckStatus, Institution
 from adapters.css import parse_ack as parse_css_ack
 from adapters.ipres import build_ack_file
 from router.acks import DecisionsUnpublished, apply_acks
+from router.canonical import decode_record
 from router.delivery import DeliveryWorker
+from router.envelope import is_sealed
 from router.errors import BrokerUnavailable
 from router.processing import Processor, RawRecord
 from router.registry import outbound_adapters
@@ -32,7 +34,6 @@ from schemas import (
     ClaimAdjudicatedPayload,
     ClaimSubmitted,
     dump_event,
-    parse_event,
 )
 from schemas.examples import load_examples
 from schemas.payloads import ClaimOutcome
@@ -65,7 +66,9 @@ def canonical_events(run: Run) -> list[CanonicalEvent]:
         while any(consumer.position(p) < end[p] for p in parts):
             assert time.monotonic() < deadline, "the canonical topic was not read to its end"
             for records in consumer.poll(timeout_ms=300).values():
-                events += [parse_event(r.value) for r in records]
+                # decisions are sealed like every canonical record: opened, never read in clear
+                assert all(is_sealed(r.value) for r in records)
+                events += [decode_record(r, run.app.vault) for r in records]
         return events
     finally:
         consumer.close()

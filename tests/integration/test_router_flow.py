@@ -88,7 +88,7 @@ def test_each_event_three_times_then_replayed_from_offset_zero_gives_one_row_eac
     producer = idempotent_producer(jokko.settings.kafka_bootstrap)
     try:
         for _ in range(3):  # the mutual's agent retried twice: three copies of every event
-            publish_events(producer, jokko.topics.canonical, events)
+            publish_events(producer, jokko.topics.canonical, events, vault=jokko.vault)
     finally:
         producer.close()
 
@@ -121,10 +121,17 @@ def test_poison_interleaved_is_dead_lettered_and_lag_returns_to_zero(jokko: Jokk
     try:
         step = len(events) // len(POISON)
         for k, poison in enumerate(POISON):
-            publish_events(producer, jokko.topics.canonical, events[k * step : (k + 1) * step])
+            publish_events(
+                producer,
+                jokko.topics.canonical,
+                events[k * step : (k + 1) * step],
+                vault=jokko.vault,
+            )
             # keyed like real members, so poison shares partitions with valid records
             producer.send(jokko.topics.canonical, key=events[k].member_id.encode(), value=poison)
-        publish_events(producer, jokko.topics.canonical, events[len(POISON) * step :])
+        publish_events(
+            producer, jokko.topics.canonical, events[len(POISON) * step :], vault=jokko.vault
+        )
         producer.flush()
     finally:
         producer.close()
@@ -198,7 +205,7 @@ def test_a_failing_institution_topic_holds_up_only_that_institution(
     events = contributions(10, 6, seed=uuid.uuid4().hex[:6])
     producer = idempotent_producer(app.settings.kafka_bootstrap)
     try:
-        publish_events(producer, app.topics.canonical, events)
+        publish_events(producer, app.topics.canonical, events, vault=app.vault)
     finally:
         producer.close()
     router = app.router()

@@ -18,6 +18,7 @@ from router.delivery import Parcel
 from router.registry import outbound_adapters
 from router.relay import KafkaChannel
 from router.topics import Topics
+from router.vault import KeySet, new_key
 from schemas import MemberEnrolled
 from schemas.events import EVENT_CLASSES
 from schemas.examples import load_examples
@@ -201,7 +202,9 @@ def test_asyncapi_outbound_messages_carry_the_relay_headers(asyncapi: dict[str, 
             "content_type",
             "member_seq",
             "format_version",
+            "sealed",
         }
+        assert "sealed" not in message["headers"]["required"]  # absent: no topic key
     [dlq] = [c for c in asyncapi["channels"].values() if c["address"] == Topics().dead_letters]
     [dead] = [_resolve(asyncapi, m["$ref"]) for m in dlq["messages"].values()]
     assert set(dead["headers"]["properties"]) == {
@@ -241,7 +244,8 @@ def test_asyncapi_outbound_headers_are_what_the_relay_sends(asyncapi: dict[str, 
     producer = _RecordingProducer()
     topics = Topics()
     for inst, adapter in outbound_adapters().items():
-        channel = KafkaChannel(producer, topics, inst)
+        topic_key = KeySet(f"topic-{inst.value}", {f"topic-{inst.value}": new_key()})
+        channel = KafkaChannel(producer, topics, inst, key=topic_key)
         for event in events:
             try:
                 messages = adapter.translate(event, profile)
@@ -273,7 +277,9 @@ def test_asyncapi_outbound_headers_are_what_the_relay_sends(asyncapi: dict[str, 
         message = by_address[topic]
         schema = message["headers"]
         values = {name: raw.decode() for name, raw in headers}
-        assert sorted(values) == sorted(schema["properties"]) == sorted(schema["required"])
+        assert sorted(values) == sorted(schema["properties"])
+        assert sorted(schema["required"]) == sorted(set(values) - {"sealed"})
+        assert values["sealed"] == f"topic-{topic.split('.')[-2]}"
         props = schema["properties"]
         assert values["kind"] in props["kind"]["enum"], (topic, values["kind"])
         assert values["content_type"] == props["content_type"]["const"] == message["contentType"]

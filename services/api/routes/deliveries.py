@@ -170,7 +170,9 @@ def _apply(
         """Before the acks commit: a 503 here applies nothing, and the institution's
         re-sent ack gives the same events."""
         timeout_s = jokko.settings.api_broker_timeout_s
-        publish_events(producer, jokko.topics.canonical, events, timeout_s=timeout_s)
+        publish_events(
+            producer, jokko.topics.canonical, events, vault=jokko.vault, timeout_s=timeout_s
+        )
 
     report = apply_acks(jokko.engine, institution, acks, channel="api", decisions=decisions)
     return AckResult(

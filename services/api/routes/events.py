@@ -113,7 +113,9 @@ class EventStatus(BaseModel):
 def _publish(jokko: JokkoDep, producer: ProducerDep, events: list[CanonicalEvent]) -> list[Any]:
     """On the canonical topic within ``api_broker_timeout_s``, or ``BrokerUnavailable`` (503)."""
     timeout_s = jokko.settings.api_broker_timeout_s
-    return publish_events(producer, jokko.topics.canonical, events, timeout_s=timeout_s)
+    return publish_events(
+        producer, jokko.topics.canonical, events, vault=jokko.vault, timeout_s=timeout_s
+    )
 
 
 @dataclass(frozen=True)
