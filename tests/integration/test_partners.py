@@ -27,6 +27,7 @@ from router.canonical import publish_events
 from router.relay import Relay
 from router.store import AckAnomalyRow, DeadLetterRow, DeliveryState, OutboxRow
 from schemas import CanonicalEvent
+from services import keyring
 from services.bootstrap import Jokko, bootstrap
 from services.settings import Settings
 from tests.factories import contributions, enrolments
@@ -58,9 +59,14 @@ class Partners:
 
 @pytest.fixture
 def partners(tmp_path: Path) -> Iterator[Partners]:
-    cmu = FakeCMU(SECRETS[Institution.CMU], Faults(seed=1))
-    css = FakeCSS(SECRETS[Institution.CSS], Faults(seed=2))
-    ipres = FakeIPRES(tmp_path / "ipres-in", tmp_path / "ipres-acks", Faults(seed=3))
+    """CMU verifies Jokko's Ed25519 signature with its JWKS alone (the default), CSS the HMAC
+    too (``signature: both``), IPRES each file's detached signature."""
+    keyring_file = tmp_path / "keyring.json"
+    keyring.create(keyring_file)
+    jwks = keyring.message_keys(keyring_file).jwks()  # the public document only
+    cmu = FakeCMU(None, Faults(seed=1), jwks=jwks)
+    css = FakeCSS(SECRETS[Institution.CSS], Faults(seed=2), jwks=jwks)
+    ipres = FakeIPRES(tmp_path / "ipres-in", tmp_path / "ipres-acks", Faults(seed=3), jwks=jwks)
     with ExitStack() as stack:
         cmu_url = stack.enter_context(serve(cmu.app))
         css_url = stack.enter_context(serve(css.app))
@@ -70,14 +76,12 @@ def partners(tmp_path: Path) -> Iterator[Partners]:
             css,
             ipres,
             {
-                "cmu": {
-                    "mode": "http",
-                    "url": f"{cmu_url}/fhir",
-                    "secret": SECRETS[Institution.CMU].decode(),
-                },
+                "keyring_file": keyring_file,
+                "cmu": {"mode": "http", "url": f"{cmu_url}/fhir"},
                 "css": {
                     "mode": "http",
                     "url": f"{css_url}/css/v1/documents",
+                    "signature": "both",
                     "secret": SECRETS[Institution.CSS].decode(),
                     "timeout_s": 5,
                     "concurrency": 8,
