@@ -33,7 +33,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from adapters.base import AckStatus, Institution, InvalidMessage
-from router.signing import AllOf, JwksVerifier, SignatureRejected, Verifier
+from router.signing import KEY_ID_HEADER, AllOf, JwksVerifier, SignatureRejected, Verifier
 from tests.fakes.faults import Fate, Faults
 from tests.fakes.server import dropped
 
@@ -84,6 +84,12 @@ class Recorder:
         self._accepted: dict[str, tuple[ReceivedMessage, Answer | None]] = {}
         self._lock = threading.Lock()
         self._seq = 0
+        self.key_ids: Counter[str] = Counter()
+        """Verified requests by the ``webhook-key-id`` that signed them ("" for HMAC only)."""
+
+    def verified(self, key_id: str) -> None:
+        with self._lock:
+            self.key_ids[key_id] += 1
 
     def next_seq(self) -> int:
         with self._lock:
@@ -235,6 +241,7 @@ class HttpFake:
             message_id = self.verifier.verify(request.headers, body)
         except SignatureRejected as exc:
             return self._counted(self.unauthorized(exc))
+        self.recorder.verified(request.headers.get(KEY_ID_HEADER, ""))
         content_type = request.headers.get("content-type", "")
         try:
             batch = self.split(body)
