@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import cryptography
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -326,7 +328,7 @@ def test_an_ipres_file_verifies_offline_and_not_after_one_changed_byte(
         app.engine.dispose()
     with published_jwks(jokko_settings, keyring_file) as (url, _, _):
         jwks_doc = httpx.get(f"{url}{MESSAGE_KEYS_PATH}").content
-    work = tmp_path / "institution"  # no Jokko on the path: cwd elsewhere, -I isolated mode
+    work = tmp_path / "institution"  # not the repository: Jokko is not importable from here
     work.mkdir()
     (work / "jwks.json").write_bytes(jwks_doc)
     (work / "verify.py").write_text(OFFLINE_VERIFIER)
@@ -335,9 +337,19 @@ def test_an_ipres_file_verifies_offline_and_not_after_one_changed_byte(
     copy = work / data.name
     shutil.copy(data, copy)
 
+    # Only `cryptography` (and what it loads) on the path: no site-packages, so not the
+    # editable install of Jokko either (python -S: no .pth files are read).
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    for name in ("cryptography", "cffi", "_cffi_backend"):
+        for found in Path(cryptography.__file__).parent.parent.glob(f"{name}*"):
+            if not found.name.endswith(".dist-info"):
+                (libs / found.name).symlink_to(found)
+
     def python_verifies(path: Path) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-I", "verify.py", "jwks.json", str(path), str(sig)]
-        return subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=60)
+        argv = [sys.executable, "-S", "verify.py", "jwks.json", str(path), str(sig)]
+        env = {"PYTHONPATH": str(libs), "PATH": os.environ.get("PATH", "")}
+        return subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=60)
 
     def openssl_verifies(path: Path) -> subprocess.CompletedProcess[str]:
         detached = json.loads(sig.read_bytes())
