@@ -48,6 +48,7 @@ demo: install
 # 100,000-event soak: `.venv/bin/python -m bench.soak --events 100000 --name soak_100k`.
 bench: install infra
 	$(BIN)/python -m bench.adapters
+	$(BIN)/python -m bench.signing
 	$(BIN)/python -m bench.router --events 10000
 	$(BIN)/python -m bench.api
 	$(BIN)/python -m bench.soak --events 8000
