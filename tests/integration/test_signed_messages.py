@@ -30,6 +30,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from typer.testing import CliRunner
 
 from adapters.base import Institution
 from router.broker import idempotent_producer
@@ -41,7 +42,8 @@ from services import keyring
 from services.api.app import create_app
 from services.api.routes.message_keys import MESSAGE_KEYS_PATH
 from services.bootstrap import Jokko, bootstrap
-from services.settings import Settings
+from services.cli import app as cli
+from services.settings import InvalidSettings, Settings
 from tests.factories import contributions, enrolments
 from tests.fakes.cmu import FakeCMU
 from tests.fakes.css import FakeCSS
@@ -380,3 +382,45 @@ def test_an_ipres_file_verifies_offline_and_not_after_one_changed_byte(
 
 def _b64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def test_jokko_keys_rotate_message_and_a_keyring_from_before_gains_one_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keyring made before message keys existed gets exactly one at start (several processes
+    starting together agree on it); the CLI rotates it and lists ids, never key material."""
+    path = tmp_path / "keyring.json"
+    keyring.create(path)
+    legacy = json.loads(path.read_text())
+    del legacy["message"]
+    path.write_text(json.dumps(legacy))
+    with pytest.raises(InvalidSettings, match="jokko keys rotate message"):
+        keyring.message_keys(path)
+    results: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(keyring.message_keys(path, create=True).current.kid)
+        )
+        for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1, "every process signs with the same key"
+    assert json.loads(path.read_text())["data"] == legacy["data"], "other keys untouched"
+
+    monkeypatch.setenv("JOKKO_KEYRING_FILE", str(path))
+    runner = CliRunner()
+    rotated = runner.invoke(cli, ["keys", "rotate", "message"])
+    assert rotated.exit_code == 0, rotated.output
+    keys = keyring.message_keys(path)
+    assert keys.current.kid != results[0]
+    assert keys.current.kid in rotated.stdout
+    assert [k.kid for k in keys.previous] == [results[0]]
+    listed = runner.invoke(cli, ["keys", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert keys.current.kid in listed.stdout
+    assert results[0] in listed.stdout
+    seed = json.loads(path.read_text())["message"]["keys"][keys.current.kid]
+    assert seed not in listed.stdout

@@ -17,6 +17,7 @@ from router.signing import (
     JwksVerifier,
     MessageKeys,
     Reason,
+    Scheme,
     SignatureRejected,
     SigningKey,
     Verifier,
@@ -212,3 +213,19 @@ def test_signing_key_from_the_keyring_seed_is_deterministic() -> None:
         SigningKey.from_seed("has space", seed)
     with pytest.raises(ValueError, match="a key, a secret or both"):
         sign_push(MID, BODY, timestamp=NOW)
+
+
+def test_partner_setting_ed25519_by_default_secret_only_where_hmac_is_asked() -> None:
+    from pydantic import ValidationError
+
+    from services.settings import PartnerSettings
+
+    url = "https://cmu.example/fhir"
+    default = PartnerSettings(mode="http", url=url)  # type: ignore[arg-type]
+    assert default.signature is Scheme.ED25519
+    assert default.http_target() == (url, None)
+    for scheme in ("hmac", "both"):
+        with pytest.raises(ValidationError, match=f"signature {scheme} needs a secret"):
+            PartnerSettings(mode="http", url=url, signature=scheme)  # type: ignore[arg-type]
+    both = PartnerSettings(mode="http", url=url, signature="both", secret="s" * 32)  # type: ignore[arg-type]
+    assert both.http_target() == (url, b"s" * 32)
