@@ -424,3 +424,35 @@ def test_jokko_keys_rotate_message_and_a_keyring_from_before_gains_one_key(
     assert results[0] in listed.stdout
     seed = json.loads(path.read_text())["message"]["keys"][keys.current.kid]
     assert seed not in listed.stdout
+
+
+def test_ipres_refuses_a_file_whose_signature_its_jwks_does_not_verify(
+    jokko_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """IPRES holds a JWKS naming Jokko's kid with an impostor's key: it reads no record of the
+    file, answers why, and Jokko's deliveries stay sent (never accepted)."""
+    keyring_file = tmp_path / "keyring.json"
+    keyring.create(keyring_file)
+    kid = keyring.message_keys(keyring_file).current.kid
+    impostor = MessageKeys(SigningKey(kid, Ed25519PrivateKey.generate())).jwks()
+    ipres = FakeIPRES(tmp_path / "in", tmp_path / "acks", Faults(), jwks=impostor)
+    with ipres:
+        settings = jokko_settings(
+            keyring_file=keyring_file,
+            ipres={"mode": "file", "outbox_dir": ipres.inbox, "ack_dir": ipres.acks},
+            **FAST_RETRIES,
+        )
+        app = bootstrap(settings)
+        try:
+            with relaying(app, enrolments(3)):
+                wait(lambda: ipres.refused_files > 0, 60, "the file refused")
+                wait(lambda: any(ipres.acks.glob("*.err")), 10, "IPRES's answer")
+                time.sleep(1)  # an ack, had one been written, would have been applied by now
+                states = {r.state for r in rows(app, Institution.IPRES)}
+        finally:
+            app.engine.dispose()
+    assert states == {DeliveryState.SENT}
+    assert ipres.received == [], "no record of a refused file is read"
+    assert not list(ipres.acks.glob("*.ack"))
+    answer = next(ipres.acks.glob("*.err")).read_text()
+    assert answer == "signature refused: bad_signature"
