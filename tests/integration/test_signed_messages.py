@@ -32,10 +32,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
+import adapters.css
 from adapters.base import Institution
 from router.broker import idempotent_producer
 from router.canonical import publish_events
-from router.signing import MessageKeys, SigningKey
+from router.signing import MessageKeys, SigningKey, sign_push
 from router.store import DeliveryState, OutboxRow
 from schemas import CanonicalEvent
 from services import keyring
@@ -50,6 +51,7 @@ from tests.fakes.css import FakeCSS
 from tests.fakes.faults import Faults
 from tests.fakes.ipres import FakeIPRES
 from tests.fakes.server import serve
+from tests.integration.test_fakes import translated
 from tests.integration.test_router_flow import route_until_idle
 
 pytestmark = pytest.mark.integration
@@ -456,3 +458,30 @@ def test_ipres_refuses_a_file_whose_signature_its_jwks_does_not_verify(
     assert not list(ipres.acks.glob("*.ack"))
     answer = next(ipres.acks.glob("*.err")).read_text()
     assert answer == "signature refused: bad_signature"
+
+
+def test_a_fake_refuses_an_altered_replayed_or_stale_push_and_applies_nothing() -> None:
+    """Over real HTTP, with only the JWKS: what an attacker on the path could try."""
+
+    jokko_key = SigningKey("message-1", Ed25519PrivateKey.generate())
+    css = FakeCSS(None, Faults(), jwks=MessageKeys(jokko_key).jwks())
+    [message] = translated(adapters.css, enrolments(1))
+    now = int(time.time())
+
+    def push(body: bytes, timestamp: int, key: SigningKey = jokko_key) -> httpx.Response:
+        headers = sign_push(message.message_id, message.body, timestamp=timestamp, key=key)
+        headers["content-type"] = message.content_type
+        return client.post("/css/v1/documents", content=body, headers=headers)
+
+    with serve(css.app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        altered = message.body.replace(b"<", b"< ", 1)
+        assert push(altered, now).status_code == 401
+        assert push(message.body, now - 3600).status_code == 401  # stale
+        impostor = SigningKey("message-1", Ed25519PrivateKey.generate())
+        assert push(message.body, now, key=impostor).status_code == 401
+        assert css.received == [], "nothing refused was applied"
+        assert push(message.body, now).status_code == 200
+        assert push(message.body, now).status_code == 401  # the same request again: a replay
+        assert push(message.body, now + 1).status_code == 200  # Jokko's re-send: a new attempt
+    assert [r.resent for r in css.received] == [False, True], "applied once"
+    assert css.requests.by_status[401] == 4
