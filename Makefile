@@ -49,6 +49,7 @@ demo: install
 bench: install infra
 	$(BIN)/python -m bench.adapters
 	$(BIN)/python -m bench.seal
+	$(BIN)/python -m bench.signing
 	$(BIN)/python -m bench.router --events 10000
 	$(BIN)/python -m bench.api
 	$(BIN)/python -m bench.soak --events 8000

@@ -33,7 +33,7 @@ from adapters.base import (
 from adapters.ipres import build_declaration_file
 from adapters.ipres import validate as validate_ipres
 from router.delivery import ChannelUnavailable, Delivery, Parcel, Result
-from router.signing import sign
+from router.signing import SIG_SUFFIX, SigningKey, sign_file, sign_push
 
 ParseAck = Callable[[bytes], list[Ack]]
 EncodeBatch = Callable[[str, Sequence[tuple[str, bytes]]], bytes]
@@ -126,8 +126,9 @@ def _held_back(p: Parcel) -> Delivery:
 
 
 class HttpChannel:
-    """POSTs each message to the institution's endpoint, signed (``router.signing``), and reads
-    the institution's answer in its own format as the acknowledgement.
+    """POSTs each message to the institution's endpoint, signed (``router.signing``: Ed25519
+    with ``signing_key``, HMAC with ``secret``, or both), and reads the institution's answer in
+    its own format as the acknowledgement.
 
     An answer the adapter reads as an ack is final (accepted or rejected, whatever the HTTP
     status); 5xx, 401, timeouts, dropped connections and unreadable answers are transient.
@@ -155,8 +156,9 @@ class HttpChannel:
         institution: Institution,
         adapter: OutboundAdapter,
         url: str,
-        secret: bytes,
+        secret: bytes | None = None,
         *,
+        signing_key: SigningKey | None = None,
         timeout_s: float = 10.0,
         concurrency: int = 8,
         client: httpx.Client | None = None,
@@ -167,6 +169,9 @@ class HttpChannel:
     ) -> None:
         if batch_size > 1 and encode_batch is None:
             raise ValueError(f"{institution} has no batch envelope: batch_size must be 1")
+        if secret is None and signing_key is None:
+            raise ValueError(f"pushes to {institution} need a signing key, a secret or both")
+        self._signing_key = signing_key
         self._batch_size = batch_size
         self._encode_batch = encode_batch
         self._institution = institution
@@ -272,7 +277,9 @@ class HttpChannel:
     ) -> list[Ack] | str:
         """The answer's acks, or why the request failed (transient, whatever it
         held). ``signed_id`` is the message's id, or a batch's."""
-        headers = sign(self._secret, signed_id, body, timestamp=timestamp)
+        headers = sign_push(
+            signed_id, body, timestamp=timestamp, key=self._signing_key, secret=self._secret
+        )
         headers["content-type"] = content_type
         try:
             with self._lock:
@@ -318,7 +325,9 @@ class FileChannel:
     """Writes each batch as one IPRES declaration file into the exchange's outbox directory.
 
     The file is written under a temporary name and renamed, so the institution never reads a
-    half-written file. Its acknowledgement comes later as an ack file (``router.acks``).
+    half-written file. With ``signing_key``, its detached signature (``<file>.sig``,
+    ``router.signing.sign_file``) is in place before the file appears. Its acknowledgement
+    comes later as an ack file (``router.acks``).
     """
 
     name = "file"
@@ -329,7 +338,9 @@ class FileChannel:
         *,
         institution: Institution = Institution.IPRES,
         today: Callable[[], date] = date.today,
+        signing_key: SigningKey | None = None,
     ) -> None:
+        self._signing_key = signing_key
         self._outbox = outbox
         self._institution = institution
         self._today = today
@@ -368,15 +379,12 @@ class FileChannel:
             return [refused[p.message_id] for p in parcels]
         content = build_declaration_file(messages, file_id=file_id, created=self._today())
         final = self._outbox / f"{file_id}.dat"
-        temp = self._outbox / f".{file_id}.tmp"
         try:
-            with temp.open("wb") as f:
-                f.write(content)
-                f.flush()
-                os.fsync(f.fileno())
-            temp.rename(final)
+            if self._signing_key is not None:
+                signature = sign_file(self._signing_key, content)
+                _write_then_rename(signature, final.with_name(final.name + SIG_SUFFIX))
+            _write_then_rename(content, final)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
             raise ChannelUnavailable(f"cannot write {final}: {exc}") from exc
         return [
             refused.get(p.message_id) or Delivery(p.message_id, Result.SENT, batch_ref=file_id)
@@ -385,3 +393,16 @@ class FileChannel:
 
     def close(self) -> None:
         """Nothing held open between batches."""
+
+
+def _write_then_rename(content: bytes, final: Path) -> None:
+    temp = final.with_name(f".{final.name}.tmp")
+    try:
+        with temp.open("wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        temp.rename(final)
+    except OSError:
+        temp.unlink(missing_ok=True)
+        raise

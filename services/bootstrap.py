@@ -33,6 +33,7 @@ from router.migrate import upgrade
 from router.processing import Processor
 from router.registry import outbound_adapters
 from router.relay import AckIntake, Relay
+from router.signing import MessageKeys, Scheme
 from router.store import KeyCheckRow, utcnow
 from router.topics import Topics
 from router.vault import KeySet, SealError, Vault
@@ -50,6 +51,8 @@ class Jokko:
     topics: Topics
     adapters: dict[Institution, OutboundAdapter]
     vault: Vault
+    message_keys: MessageKeys
+    """Jokko's Ed25519 keys signing pushes and files (the current one signs; all published)."""
 
     def processor(self) -> Processor:
         return Processor(
@@ -91,6 +94,7 @@ class Jokko:
             p = self.partner(inst)
             if p.mode == DeliveryMode.HTTP:
                 url, secret = p.http_target()
+                signing_key = None if p.signature is Scheme.HMAC else self.message_keys.current
                 encode_batch: EncodeBatch | None = getattr(
                     self.adapters[inst], "encode_batch", None
                 )
@@ -102,13 +106,16 @@ class Jokko:
                     url,
                     secret,
                     tls=partner_tls(inst, p) if url.startswith("https://") else None,
+                    signing_key=signing_key,
                     timeout_s=p.timeout_s,
                     concurrency=p.concurrency,
                     batch_size=p.batch_size,
                     encode_batch=encode_batch,
                 )
             elif p.mode == DeliveryMode.FILE:
-                chosen[inst] = FileChannel(p.file_dirs()[0], institution=inst)
+                chosen[inst] = FileChannel(
+                    p.file_dirs()[0], institution=inst, signing_key=self.message_keys.current
+                )
         return chosen
 
     def ack_intake(self, producer: KafkaProducer) -> list[AckIntake]:
@@ -187,6 +194,7 @@ def partner_tls(institution: Institution, partner: PartnerSettings) -> ssl.SSLCo
 def bootstrap(settings: Settings, *, migrate: bool = True, kafka: bool = True) -> Jokko:
     """Connect, bring the store to the current schema and make sure the topics exist."""
     vault = Vault(keyring.load(settings.keyring_file, create=settings.keyring_autocreate))
+    message_keys = keyring.message_keys(settings.keyring_file, create=settings.keyring_autocreate)
     engine = make_engine(settings.database_url, **_pool(settings))
     if migrate:
         try:
@@ -203,7 +211,7 @@ def bootstrap(settings: Settings, *, migrate: bool = True, kafka: bool = True) -
     if kafka:
         wait_until_ready(settings.kafka_bootstrap)
         ensure_topics(settings.kafka_bootstrap, topics.specs())
-    return Jokko(settings, engine, topics, outbound_adapters(), vault)
+    return Jokko(settings, engine, topics, outbound_adapters(), vault, message_keys)
 
 
 _PROOF = b"jokko keyring check"

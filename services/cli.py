@@ -267,6 +267,8 @@ class KeyKind(StrEnum):
     """The keyring's key-encryption keys (members' data keys, dead letters)."""
     TOKEN = "token"
     """The keyring's NIN-token keys."""
+    MESSAGE = "message"
+    """The keyring's Ed25519 keys signing what Jokko sends (pushes, batches, IPRES files)."""
 
 
 @keys_app.command("create")
@@ -299,20 +301,26 @@ def keys_list() -> None:
 
 @keys_app.command("rotate")
 def keys_rotate(
-    kind: Annotated[KeyKind, typer.Argument(help="signing, data or token.")],
+    kind: Annotated[KeyKind, typer.Argument(help="signing, data, token or message.")],
 ) -> None:
     """A new current key of KIND; the previous ones stay to open (or verify) what they made.
 
     data: members' keys move to the new key as their events are routed, or all at once with
     `jokko keys rewrap`. token: NINs tokenised under an older key are still found. signing:
-    the old key verifies its tokens until they expire, then leaves the JWKS."""
+    the old key verifies its tokens until they expire, then leaves the JWKS. message: the
+    relay signs with the new key once restarted; the old one stays in the message-keys JWKS."""
     from services import keyring
 
     if kind is KeyKind.SIGNING:
         Console().print(f"new signing key {_authority().rotate(actor=_actor())}")
         return
     path = load_settings().keyring_file
-    kid = keyring.rotate(path, "data" if kind is KeyKind.DATA else "token")
+    kinds: dict[KeyKind, keyring.Kind] = {
+        KeyKind.DATA: "data",
+        KeyKind.TOKEN: "token",
+        KeyKind.MESSAGE: "message",
+    }
+    kid = keyring.rotate(path, kinds[kind])
     Console().print(
         f"new {kind.value} key {kid} in {path}: restart the router, relay and API to use it"
     )

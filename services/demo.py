@@ -202,12 +202,16 @@ class Demo:
                 "the fake institutions live in tests/fakes of a clone of the repository; "
                 "run the demo from a clone (make demo)"
             )
-        self.partner_secrets = {i: secrets.token_urlsafe(32) for i in ("cmu", "css")}
+        # CMU verifies Jokko's Ed25519 signature only (the default); CSS asks for the HMAC
+        # as well (JOKKO_CSS__SIGNATURE=both). Both fetch Jokko's JWKS from the API.
+        self.css_secret = secrets.token_urlsafe(32)
+        self.api = f"http://127.0.0.1:{_free_port()}"
         env = {
             **os.environ,
-            "JOKKO_FAKE_CMU_SECRET": self.partner_secrets["cmu"],
-            "JOKKO_FAKE_CSS_SECRET": self.partner_secrets["css"],
+            "JOKKO_FAKE_JWKS_URL": f"{self.api}/.well-known/jokko-message-keys.json",
+            "JOKKO_FAKE_CSS_SECRET": self.css_secret,
         }
+        env.pop("JOKKO_FAKE_CMU_SECRET", None)
         child = self.processes.start(
             "partners",
             [sys.executable, "-m", "tests.fakes", "--dir", str(self.work / "partners")],
@@ -224,8 +228,8 @@ class Demo:
         return ready
 
     def _environment(self, partners: dict[str, Any]) -> dict[str, str]:
-        port = _free_port()
-        self.api = f"http://127.0.0.1:{port}"
+        port = httpx.URL(self.api).port
+        assert port is not None  # chosen in _start_partners
         return {
             "JOKKO_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
             "JOKKO_DATABASE_URL": f"sqlite:///{self.work / 'jokko.db'}",
@@ -239,11 +243,11 @@ class Demo:
             "JOKKO_ROUTER_INSTANCE_ID": "demo-router-1",
             "JOKKO_CMU__MODE": "http",
             "JOKKO_CMU__URL": partners["cmu"],
-            "JOKKO_CMU__SECRET": self.partner_secrets["cmu"],
             "JOKKO_CMU__BATCH_SIZE": str(PUSH_BATCH),
             "JOKKO_CSS__MODE": "http",
             "JOKKO_CSS__URL": partners["css"],
-            "JOKKO_CSS__SECRET": self.partner_secrets["css"],
+            "JOKKO_CSS__SIGNATURE": "both",
+            "JOKKO_CSS__SECRET": self.css_secret,
             "JOKKO_CSS__TIMEOUT_S": "5",
             **{
                 f"JOKKO_{inst}__{name.upper()}": path

@@ -29,6 +29,7 @@ from sqlalchemy.exc import ArgumentError
 
 from router.channels import tls_context
 from router.processing import DuplicatePolicy
+from router.signing import Scheme
 from schemas.errors import JokkoError
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -72,8 +73,12 @@ class PartnerSettings(BaseModel):
 
     mode: DeliveryMode = DeliveryMode.KAFKA
     url: HttpUrl | None = None
+    signature: Scheme = Scheme.ED25519
+    """How pushes are signed: ``ed25519`` (Jokko's message key, verifiable with its JWKS),
+    ``hmac`` (the shared ``secret``, for a partner that asks for it) or ``both``."""
     secret: SecretStr | None = None
-    """Shared HMAC key for signing pushes (Standard Webhooks), at least 32 bytes."""
+    """Shared HMAC key for signing pushes (Standard Webhooks ``v1``), at least 32 bytes; only
+    with ``signature`` hmac or both."""
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     concurrency: Annotated[int, Field(ge=1, le=256)] = 8
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 1
@@ -107,8 +112,12 @@ class PartnerSettings(BaseModel):
         if self.mode == DeliveryMode.HTTP:
             if self.url is None:
                 raise ValueError("mode http needs url")
-            if self.secret is None or len(self.secret.get_secret_value()) < 32:
-                raise ValueError("mode http needs a secret of at least 32 characters")
+            if self.signature is not Scheme.ED25519 and (
+                self.secret is None or len(self.secret.get_secret_value()) < 32
+            ):
+                raise ValueError(
+                    f"signature {self.signature} needs a secret of at least 32 characters"
+                )
             self._transport_is_safe(self.url)
         if self.mode == DeliveryMode.FILE and (self.outbox_dir is None or self.ack_dir is None):
             raise ValueError("mode file needs outbox_dir and ack_dir")
@@ -133,9 +142,14 @@ class PartnerSettings(BaseModel):
         ``OSError`` or ``ssl.SSLError`` when its files do not load."""
         return tls_context(self.ca_file, self.client_cert_file, self.client_key_file, self.crl_file)
 
-    def http_target(self) -> tuple[str, bytes]:
-        if self.url is None or self.secret is None:
-            raise InvalidSettings("an http partner needs url and secret")
+    def http_target(self) -> tuple[str, bytes | None]:
+        """The URL, and the HMAC secret when the partner's ``signature`` asks for one."""
+        if self.url is None:
+            raise InvalidSettings("an http partner needs url")
+        if self.signature is Scheme.ED25519:
+            return str(self.url), None
+        if self.secret is None:
+            raise InvalidSettings(f"signature {self.signature} needs a secret")
         return str(self.url), self.secret.get_secret_value().encode()
 
     def file_dirs(self) -> tuple[Path, Path]:

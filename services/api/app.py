@@ -14,7 +14,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from router.broker import idempotent_producer
 from services.api import console, openapi, problems
 from services.api.idempotency import Outcomes
-from services.api.routes import dead_letters, deliveries, events, health, msnas, reconcile
+from services.api.routes import (
+    dead_letters,
+    deliveries,
+    events,
+    health,
+    message_keys,
+    msnas,
+    reconcile,
+)
 from services.api.routes.health import Metrics, Readiness
 from services.api.security import Authority, RateLimiter, security_router
 from services.bootstrap import Jokko
@@ -137,7 +145,7 @@ def create_app(
     app.add_middleware(Timing, metrics=app.state.metrics)
 
     app.include_router(security_router())
-    for module in (events, deliveries, dead_letters, msnas, reconcile, health):
+    for module in (events, deliveries, dead_letters, msnas, reconcile, health, message_keys):
         app.include_router(module.router)
     console.install(app)  # not in the API document
     openapi.install(app)

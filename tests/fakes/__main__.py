@@ -6,13 +6,17 @@ control API on another port (plain HTTP on 127.0.0.1: the demo's knobs, not Jokk
 lets the demo (playing the institutions' IT staff) turn the fault knobs, read what each one
 received and download its reconciliation extract.
 
-The shared secrets come from the environment (``JOKKO_FAKE_CMU_SECRET``, ``JOKKO_FAKE_CSS_SECRET``),
-the IPRES folders from ``--dir``. CMU and CSS serve HTTPS with a throw-away CA made in
-``--dir``/pki (tests/tls.py) and require the client certificate it issues for Jokko;
-``--plain-http`` serves them without TLS (benchmarks that measure Jokko alone). Once
-everything listens, one JSON line goes to stdout: ``{"cmu": url, "css": url, "control": url,
-"ipres": {"inbox": ..., "acks": ...}, "tls": {"ca_file": ..., "client_cert_file": ...,
-"client_key_file": ...} or null}``. SIGTERM or SIGINT stops it.
+Each institution verifies Jokko's Ed25519 signatures with nothing but Jokko's JWKS, fetched from
+``JOKKO_FAKE_JWKS_URL`` (the API's ``/.well-known/jokko-message-keys.json``) at the first
+message and again when a message names a key it does not know; IPRES checks each file's ``.sig``
+with it too. A shared HMAC secret (``JOKKO_FAKE_CMU_SECRET``, ``JOKKO_FAKE_CSS_SECRET``), when
+set, is checked as well (a partner whose setting is ``both``). The IPRES folders come from
+``--dir``. CMU and CSS serve HTTPS with a throw-away CA made in ``--dir``/pki (tests/tls.py)
+and require the client certificate it issues for Jokko; ``--plain-http`` serves them without
+TLS (benchmarks that measure Jokko alone). Once everything listens, one JSON line goes to
+stdout: ``{"cmu": url, "css": url, "control": url, "ipres": {"inbox": ..., "acks": ...},
+"tls": {"ca_file": ..., "client_cert_file": ..., "client_key_file": ...} or null}``. SIGTERM or
+SIGINT stops it.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -86,11 +92,28 @@ def control_app(fakes: dict[str, HttpFake]) -> FastAPI:
     return app
 
 
-def _secret(name: str) -> bytes:
+def _secret(name: str) -> bytes | None:
     value = os.environ.get(name, "")
+    if not value:
+        return None
     if len(value) < 32:
         sys.exit(f"{name} must hold a shared secret of at least 32 characters")
     return value.encode()
+
+
+def _jwks_from(url: str) -> Callable[[], Mapping[str, Any]]:
+    """Fetch Jokko's JWKS, as an institution's IT would: nothing else of Jokko is trusted."""
+
+    def fetch() -> Mapping[str, Any]:
+        try:
+            answer = httpx.get(url, timeout=5)
+            answer.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise OSError(f"GET {url}: {exc}") from exc
+        document: Mapping[str, Any] = answer.json()
+        return document
+
+    return fetch
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,10 +130,15 @@ def main(argv: list[str] | None = None) -> None:
         help="CMU and CSS serve plain HTTP, not mutual TLS (benchmarks only)",
     )
     args = parser.parse_args(argv)
-    cmu = FakeCMU(_secret("JOKKO_FAKE_CMU_SECRET"), Faults(seed=1))
-    css = FakeCSS(_secret("JOKKO_FAKE_CSS_SECRET"), Faults(seed=2))
+    jwks_url = os.environ.get("JOKKO_FAKE_JWKS_URL", "")
+    jwks = _jwks_from(jwks_url) if jwks_url else None
+    for name in ("JOKKO_FAKE_CMU_SECRET", "JOKKO_FAKE_CSS_SECRET"):
+        if jwks is None and _secret(name) is None:
+            sys.exit(f"set JOKKO_FAKE_JWKS_URL (Jokko's message-keys JWKS), {name}, or both")
+    cmu = FakeCMU(_secret("JOKKO_FAKE_CMU_SECRET"), Faults(seed=1), jwks=jwks)
+    css = FakeCSS(_secret("JOKKO_FAKE_CSS_SECRET"), Faults(seed=2), jwks=jwks)
     cmu.schema_checks = css.schema_checks = not args.no_schema_checks
-    ipres = FakeIPRES(args.dir / "ipres-in", args.dir / "ipres-acks", Faults(seed=3))
+    ipres = FakeIPRES(args.dir / "ipres-in", args.dir / "ipres-acks", Faults(seed=3), jwks=jwks)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

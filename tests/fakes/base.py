@@ -4,10 +4,11 @@ record of what arrived, so a test can compare what Jokko sent with what the part
 Order of events for one request: count it; ``down`` → 503 at once; one random draw
 (``Faults.fate``); ``latency_s`` (a client that hangs up meanwhile is counted 499 and its
 message is not processed); a drawn error → 503 (not processed); a drawn drop before
-processing → connection closed; signature check (``router.signing.Verifier``) → 401, nothing
-recorded; the institution's own processing (recorded in ``received``); a drawn drop after
-processing, or one the institution chooses (``lose_answer``) → connection closed, the answer
-is lost but the message counts.
+processing → connection closed; signature check → 401, nothing recorded (Ed25519 ``v1a``
+against Jokko's JWKS alone with ``jwks``: ``router.signing.JwksVerifier``; HMAC ``v1`` with
+``secret``: ``router.signing.Verifier``; both when given both); the institution's own
+processing (recorded in ``received``); a drawn drop after processing, or one the institution
+chooses (``lose_answer``) → connection closed, the answer is lost but the message counts.
 
 A message id that was accepted once is accepted again with the same answer (institutions apply
 a re-sent message once: FHIR conditional creates, CSS and IPRES by message id); a rejected one
@@ -24,14 +25,15 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from adapters.base import AckStatus, Institution, InvalidMessage
-from router.signing import SignatureRejected, Verifier
+from router.signing import KEY_ID_HEADER, AllOf, JwksVerifier, SignatureRejected, Verifier
 from tests.fakes.faults import Fate, Faults
 from tests.fakes.server import dropped
 
@@ -82,6 +84,12 @@ class Recorder:
         self._accepted: dict[str, tuple[ReceivedMessage, Answer | None]] = {}
         self._lock = threading.Lock()
         self._seq = 0
+        self.key_ids: Counter[str] = Counter()
+        """Verified requests by the ``webhook-key-id`` that signed them ("" for HMAC only)."""
+
+    def verified(self, key_id: str) -> None:
+        with self._lock:
+            self.key_ids[key_id] += 1
 
     def next_seq(self) -> int:
         with self._lock:
@@ -116,6 +124,30 @@ class Recorder:
             return set(self._accepted)
 
 
+Jwks = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+"""Jokko's message-keys JWKS document, or a function fetching it (``JwksVerifier``)."""
+
+
+def push_verifier(
+    secret: bytes | Sequence[bytes] | None,
+    jwks: Jwks | None,
+    clock: Callable[[], float] = time.time,
+) -> Verifier | JwksVerifier | AllOf:
+    """What an institution checks: Jokko's Ed25519 signature with its JWKS, the HMAC with a
+    shared secret, or both (a partner whose setting is ``both``)."""
+    hmac = None
+    if secret is not None:
+        hmac = Verifier([secret] if isinstance(secret, bytes) else list(secret), clock=clock)
+    ed25519 = JwksVerifier(jwks, clock=clock) if jwks is not None else None
+    if hmac is not None and ed25519 is not None:
+        return AllOf(ed25519, hmac)
+    if ed25519 is not None:
+        return ed25519
+    if hmac is not None:
+        return hmac
+    raise ValueError("a fake institution verifies with a JWKS, a secret or both")
+
+
 class HttpFake:
     """One institution's HTTP endpoint: subclasses implement ``answer`` and ``unauthorized``."""
 
@@ -124,14 +156,14 @@ class HttpFake:
 
     def __init__(
         self,
-        secret: bytes | Sequence[bytes],
+        secret: bytes | Sequence[bytes] | None = None,
         faults: Faults | None = None,
         *,
+        jwks: Jwks | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        secrets = [secret] if isinstance(secret, bytes) else list(secret)
         self.faults = faults if faults is not None else Faults()
-        self.verifier = Verifier(secrets, clock=clock)
+        self.verifier = push_verifier(secret, jwks, clock)
         self.recorder = Recorder()
         self.schema_checks = True
         """Check every message with an independent validator (fhir.resources, xmlschema) on
@@ -209,6 +241,7 @@ class HttpFake:
             message_id = self.verifier.verify(request.headers, body)
         except SignatureRejected as exc:
             return self._counted(self.unauthorized(exc))
+        self.recorder.verified(request.headers.get(KEY_ID_HEADER, ""))
         content_type = request.headers.get("content-type", "")
         try:
             batch = self.split(body)

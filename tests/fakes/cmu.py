@@ -38,7 +38,7 @@ from adapters.cmu import systems as s
 from adapters.cmu.batch import split_batch
 from router.signing import SignatureRejected
 from schemas.payloads import ClaimOutcome
-from tests.fakes.base import Answer, HttpFake, ReceivedMessage
+from tests.fakes.base import Answer, HttpFake, Jwks, ReceivedMessage
 from tests.fakes.faults import Faults
 
 FHIR_JSON = "application/fhir+json"
@@ -175,12 +175,13 @@ class FakeCMU(HttpFake):
 
     def __init__(
         self,
-        secret: bytes,
+        secret: bytes | None = None,
         faults: Faults | None = None,
         *,
+        jwks: Jwks | None = None,
         adjudicate_claims: ClaimOutcome | None = None,
     ) -> None:
-        super().__init__(secret, faults)
+        super().__init__(secret, faults, jwks=jwks)
         self.adjudicate_claims = adjudicate_claims
         """The outcome CMU gives every claim at once, in its answer; None: no decision yet."""
         self.decisions_lost = 0

@@ -15,13 +15,16 @@ into ``acks``, again through a temporary name then a rename:
   learns the fate of each message through the one channel it already reads. Only when no
   message id is readable at all (not UTF-8, no records) is ``<stem>.err`` written instead,
   plain text;
+* with ``jwks`` (Jokko's message-keys JWKS), a file whose detached signature ``<file>.sig`` is
+  missing, unreadable, by an unknown key or not of these exact bytes is not read at all:
+  ``<stem>.err`` says why (``signature refused: bad_signature``), and ``refused_files`` counts it;
 * ``duplicate_acks`` writes the same ack again as ``<stem>.dup.ack``; ``late_ack_s`` delays
   the writing (a later ``poll_once`` writes what has come due); ``down`` leaves the inbox
   untouched.
 
-HTTP (``app``, when built with ``secret``): ``POST /ipres/v1/declarations`` with a signed
-declaration file answers the ack file itself (200; 422 for a file refused whole; 400 text when
-nothing is readable), with the HTTP fault knobs of ``HttpFake``.
+HTTP (``app``, when built with ``secret`` or ``jwks``): ``POST /ipres/v1/declarations`` with a
+signed declaration file answers the ack file itself (200; 422 for a file refused whole; 400
+text when nothing is readable), with the HTTP fault knobs of ``HttpFake``.
 
 A message id accepted once is accepted again with the same IPRES reference (not ``R030``): the
 fake applies a re-sent record once, as the real partner is expected to.
@@ -48,8 +51,8 @@ from adapters.ipres import (
     build_ack_file,
     read_declaration_file,
 )
-from router.signing import SignatureRejected
-from tests.fakes.base import Answer, HttpFake, ReceivedMessage
+from router.signing import SIG_SUFFIX, SignatureRejected, verify_file
+from tests.fakes.base import Answer, HttpFake, Jwks, ReceivedMessage
 from tests.fakes.faults import Faults
 
 MALFORMED = "R001"
@@ -136,10 +139,16 @@ class FakeIPRES(HttpFake):
         faults: Faults | None = None,
         *,
         secret: bytes | Sequence[bytes] | None = None,
+        jwks: Jwks | None = None,
         poll_interval_s: float = 0.02,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(secret if secret is not None else os.urandom(32), faults, clock=clock)
+        if secret is None and jwks is None:
+            secret = os.urandom(32)  # HTTP unused: nothing Jokko holds verifies
+        super().__init__(secret, faults, jwks=jwks, clock=clock)
+        self._jwks = jwks
+        self.refused_files = 0
+        """Declaration files not read because their detached signature failed."""
         self.inbox = inbox
         self.acks = acks
         self.processed = inbox / "processed"
@@ -264,14 +273,39 @@ class FakeIPRES(HttpFake):
         with self._lock:
             return len(self._pending)
 
+    def _signature_refused(self, path: Path, raw: bytes) -> str | None:
+        """Why the file's detached signature does not hold, None when it does (or when this
+        fake checks none)."""
+        if self._jwks is None:
+            return None
+        document = self._jwks() if callable(self._jwks) else self._jwks
+        try:
+            verify_file(document, raw, path.with_name(path.name + SIG_SUFFIX).read_bytes())
+        except OSError:
+            return "signature refused: missing_signature"
+        except SignatureRejected as exc:
+            return f"signature refused: {exc.reason}"
+        return None
+
     def _take(self, path: Path) -> None:
-        verdict = self.judge(path.read_bytes())
+        raw = path.read_bytes()
+        refused = self._signature_refused(path, raw)
         target = self.processed / path.name
         n = 0
         while target.exists():
             n += 1
             target = self.processed / f"{path.name}.{n}"
+        signature = path.with_name(path.name + SIG_SUFFIX)
+        if signature.exists():
+            os.replace(signature, target.with_name(target.name + SIG_SUFFIX))
         os.replace(path, target)
+        if refused is not None:
+            with self._lock:
+                self.refused_files += 1
+                self._pending.append((time.monotonic(), f"{path.stem}.err", refused.encode()))
+            self._note_file(path.name, Verdict(None, refused, 0, None), (f"{path.stem}.err",))
+            return
+        verdict = self.judge(raw)
         if verdict.ack is not None:
             outputs = [(f"{path.stem}.ack", verdict.ack)]
             if self.faults.duplicate_acks:

@@ -26,8 +26,10 @@ from router.broker import idempotent_producer
 from router.canonical import publish_events
 from router.channels import tls_context
 from router.relay import Relay
+from router.signing import Verifier
 from router.store import AckAnomalyRow, DeadLetterRow, DeliveryState, OutboxRow
 from schemas import CanonicalEvent
+from services import keyring
 from services.bootstrap import Jokko, bootstrap
 from services.settings import Settings
 from tests.factories import contributions, enrolments
@@ -61,11 +63,17 @@ class Partners:
 
 @pytest.fixture
 def partners(tmp_path: Path) -> Iterator[Partners]:
-    """CMU and CSS over mutual TLS (a test CA, Jokko's client certificate required), IPRES
-    by files."""
-    cmu = FakeCMU(SECRETS[Institution.CMU], Faults(seed=1))
-    css = FakeCSS(SECRETS[Institution.CSS], Faults(seed=2))
-    ipres = FakeIPRES(tmp_path / "ipres-in", tmp_path / "ipres-acks", Faults(seed=3))
+    """CMU and CSS over mutual TLS (a test CA, Jokko's client certificate required); CMU
+    verifies Jokko's Ed25519 signature with its JWKS alone (the default), CSS the HMAC too
+    (``signature: both``), IPRES by files, each with its detached signature."""
+    # The keyring every test's Jokko uses (the default file): a store made by one test process
+    # (an API of the console test) and the relay these settings start must share it.
+    keyring_file: Path = Settings.model_fields["keyring_file"].default
+    keyring.load(keyring_file, create=True)
+    jwks = keyring.message_keys(keyring_file, create=True).jwks()  # the public document only
+    cmu = FakeCMU(None, Faults(seed=1), jwks=jwks)
+    css = FakeCSS(SECRETS[Institution.CSS], Faults(seed=2), jwks=jwks)
+    ipres = FakeIPRES(tmp_path / "ipres-in", tmp_path / "ipres-acks", Faults(seed=3), jwks=jwks)
     pki = make_pki(tmp_path / "pki")
     with ExitStack() as stack:
         cmu_url = stack.enter_context(serve(cmu.app, tls=pki.server_tls()))
@@ -76,15 +84,11 @@ def partners(tmp_path: Path) -> Iterator[Partners]:
             css,
             ipres,
             {
-                "cmu": {
-                    "mode": "http",
-                    "url": f"{cmu_url}/fhir",
-                    "secret": SECRETS[Institution.CMU].decode(),
-                    **pki.partner_settings(),
-                },
+                "cmu": {"mode": "http", "url": f"{cmu_url}/fhir", **pki.partner_settings()},
                 "css": {
                     "mode": "http",
                     "url": f"{css_url}/css/v1/documents",
+                    "signature": "both",
                     "secret": SECRETS[Institution.CSS].decode(),
                     "timeout_s": 5,
                     "concurrency": 8,
@@ -361,6 +365,9 @@ def test_kafka_mode_acks_come_back_on_the_ack_topic(
 ) -> None:
     """CMU reads jokko.out.cmu.v1 and answers (twice each) on jokko.acks.cmu.v1."""
     partners.cmu.faults.reject_members = {"MSNAS-TH-000001"}
+    # The bridge from CMU's topic consumer to its backend is inside CMU: it signs with a
+    # secret of CMU's own, not with Jokko's key (Jokko's records on the topic are unsigned).
+    partners.cmu.verifier = Verifier([SECRETS[Institution.CMU]])
     run = start(activity(members=5, months=2), cmu={"mode": "kafka"})
     url = partners.settings["cmu"]["url"]  # type: ignore[index]
     with KafkaPartner(

@@ -110,7 +110,14 @@ def test_openapi_declares_oauth2_client_credentials(openapi: dict[str, Any]) -> 
     flow = scheme["flows"]["clientCredentials"]
     assert flow["tokenUrl"] == TOKEN_PATH == "/v1/oauth/token"
     assert set(flow["scopes"]) == {s.value for s in Scope}
-    public = {"/healthz", "/readyz", "/metrics", "/.well-known/jwks.json", TOKEN_PATH}
+    public = {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/.well-known/jwks.json",
+        "/.well-known/jokko-message-keys.json",  # Jokko's message-signing JWKS
+        TOKEN_PATH,
+    }
     for method, path, op in _operations(openapi):
         if path in public:
             assert "security" not in op, f"{method} {path} is public"

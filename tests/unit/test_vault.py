@@ -74,8 +74,10 @@ def test_keyring_file_is_private_never_overwritten_and_listed_without_keys(ring:
     assert not keyring.create(ring), "an existing keyring is left alone"
     assert ring.read_text() == first
     listed = keyring.describe(ring)
-    assert sorted(kind for kind, _, current in listed if current) == ["data", "token"]
-    secrets = [v for kind in ("data", "token") for v in json.loads(first)[kind]["keys"].values()]
+    assert sorted(kind for kind, _, current in listed if current) == ["data", "message", "token"]
+    secrets = [
+        v for kind in ("data", "token", "message") for v in json.loads(first)[kind]["keys"].values()
+    ]
     assert not any(s in repr(listed) for s in secrets)
 
 
