@@ -187,7 +187,8 @@ def _authority() -> Authority:
     from services.api.security import Authority
 
     try:
-        return Authority(bootstrap(load_settings(), kafka=False).engine)
+        jokko = bootstrap(load_settings(), kafka=False)
+        return Authority(jokko.engine, vault=jokko.vault)
     except JokkoError as exc:
         Console(stderr=True).print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
