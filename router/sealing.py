@@ -1,4 +1,5 @@
-"""Reading what the store keeps sealed (``router.vault``): outbox bodies, dead-letter originals."""
+"""Reading what the store keeps sealed (``router.vault``): outbox bodies, dead-letter originals,
+the API's signing keys."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sqlalchemy import (
 )
 
 from router.bulk import insert_new
-from router.store import DeadLetterRow, MemberKeyRow, OutboxRow, utcnow
+from router.store import DeadLetterRow, MemberKeyRow, OutboxRow, SigningKeyRow, utcnow
 from router.vault import MEMBER, SealError, Vault
 
 MEMBER_KEY: Table = MemberKeyRow.__table__  # type: ignore[assignment]
@@ -31,6 +32,12 @@ _REWRAP = (
 
 DEAD_LETTER_AAD = b"dead_letter"
 """Associated data of a dead letter's original sealed under a keyring key."""
+
+
+def signing_key_aad(kid: str) -> bytes:
+    """Associated data of an API signing key's sealed PEM: bound to its kid, so a sealed key
+    copied into another row does not open."""
+    return b"signing_key:" + kid.encode()
 
 
 def member_keys(conn: Connection, vault: Vault, members: Iterable[str]) -> dict[str, bytes | None]:
@@ -122,8 +129,23 @@ def rewrap(engine: Engine, vault: Vault, chunk: int = 1000) -> dict[str, int]:
     """Re-seal under the current data key everything sealed under an older one, and seal
     what is still in clear from before encryption at rest; in chunks of ``chunk`` rows, each
     its own transaction (safe to run beside the router and relay, safe to run again)."""
-    counts = {"member keys": 0, "dead letters": 0, "message bodies": 0}
+    counts = {"member keys": 0, "dead letters": 0, "message bodies": 0, "signing keys": 0}
     current = vault.keyring.data.current
+    signing = select(SigningKeyRow.kid, SigningKeyRow.private_pem)
+    for conn, rows in _chunks(engine, SigningKeyRow.kid, signing, "", chunk):
+        resealed = []  # the API's keys: in clear from before, or under an older keyring key
+        for r in rows:
+            if vault.sealed_under(r.private_pem) != current:
+                aad = signing_key_aad(r.kid)
+                resealed.append({"k": r.kid, "p": vault.seal(vault.open(r.private_pem, aad), aad)})
+        if resealed:
+            conn.execute(
+                update(SigningKeyRow)
+                .where(SigningKeyRow.kid == bindparam("k"))
+                .values(private_pem=bindparam("p")),
+                resealed,
+            )
+        counts["signing keys"] += len(resealed)
     stale_keys = select(MEMBER_KEY.c.member_id).where(
         MEMBER_KEY.c.kek_id != current, MEMBER_KEY.c.wrapped_dek.is_not(None)
     )

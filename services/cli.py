@@ -187,7 +187,8 @@ def _authority() -> Authority:
     from services.api.security import Authority
 
     try:
-        return Authority(bootstrap(load_settings(), kafka=False).engine)
+        jokko = bootstrap(load_settings(), kafka=False)
+        return Authority(jokko.engine, vault=jokko.vault)
     except JokkoError as exc:
         Console(stderr=True).print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -262,7 +263,8 @@ def clients_list() -> None:
 
 class KeyKind(StrEnum):
     SIGNING = "signing"
-    """The API's access-token signing keys (in the database, see issue 28)."""
+    """The API's access-token signing keys: in the database, shared by the API replicas, each
+    sealed under the keyring's current data key (``jokko keys rewrap`` re-seals them)."""
     DATA = "data"
     """The keyring's key-encryption keys (members' data keys, dead letters)."""
     TOKEN = "token"
@@ -356,7 +358,8 @@ def keys_topic(
 @keys_app.command("rewrap")
 def keys_rewrap() -> None:
     """Re-seal, now, everything sealed under an older data key (and what is still in clear
-    from before encryption at rest): after a rotation, before an old key is retired."""
+    from before encryption at rest, the API's signing keys included): after a rotation,
+    before an old key is retired."""
     from router.sealing import rewrap
 
     jokko = _jokko_db()

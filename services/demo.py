@@ -325,7 +325,7 @@ class Demo:
             env = self._environment(partners)
             jokko = bootstrap(load_settings(**_settings_of(env)))
             self.engine = jokko.engine
-            self._clients(Authority(jokko.engine))
+            self._clients(Authority(jokko.engine, vault=jokko.vault))
             child_env = {**os.environ, **env}
             for name in ("router", "relay", "api"):
                 self.processes.start(name, _jokko_argv(name), child_env)

@@ -134,7 +134,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.jokko = jokko
-    app.state.authority = authority or Authority(jokko.engine)
+    app.state.authority = authority or Authority(jokko.engine, vault=jokko.vault)
     app.state.rate_limiter = rate_limiter
     app.state.metrics = Metrics(jokko)
     app.state.readiness = Readiness(jokko)

@@ -45,7 +45,9 @@ from starlette.concurrency import run_in_threadpool
 
 from adapters.base import Institution
 from router.audit import append as append_audit
+from router.sealing import signing_key_aad
 from router.store import ClientRow, SigningKeyRow
+from router.vault import SealError, Vault
 from schemas.errors import JokkoError
 from services.api.problems import problem_responses
 
@@ -230,8 +232,39 @@ def _thumbprint(jwk: dict[str, Any]) -> str:
     return _b64(hashlib.sha256(canonical.encode()).digest())
 
 
-def _load_key(row: SigningKeyRow) -> _Key:
-    private = serialization.load_pem_private_key(row.private_pem, password=None)
+class SigningKeyUnavailable(AuthError):
+    """A signing key in the store that this process cannot open (another keyring, altered
+    bytes, or a sealed key and no keyring): tokens can be neither issued nor checked."""
+
+    title = "Service unavailable"
+    kind = "unavailable"
+
+    def __init__(self, kid: str, reason: str) -> None:
+        log.error("signing key %s cannot be opened with this keyring: %s", kid, reason)
+        super().__init__(
+            503,
+            "temporarily_unavailable",
+            f"signing key {kid} cannot be opened with this process's keyring ({reason})",
+        )
+
+
+def _open_pem(row: SigningKeyRow, vault: Vault | None) -> bytes:
+    """The row's PEM in clear: sealed under the keyring (or a legacy clear row)."""
+    if vault is None:
+        if row.private_pem.startswith(b"-----"):
+            return row.private_pem
+        raise SigningKeyUnavailable(row.kid, "it is sealed and this process has no keyring")
+    try:
+        return vault.open(row.private_pem, signing_key_aad(row.kid))
+    except SealError as exc:
+        raise SigningKeyUnavailable(row.kid, str(exc)) from None
+
+
+def _load_key(row: SigningKeyRow, vault: Vault | None = None) -> _Key:
+    try:
+        private = serialization.load_pem_private_key(_open_pem(row, vault), password=None)
+    except ValueError:
+        raise SigningKeyUnavailable(row.kid, "not a private key") from None
     if not isinstance(private, ec.EllipticCurvePrivateKey):
         raise JokkoError(f"signing key {row.kid} is not an EC key")
     jwk: dict[str, Any] = dict(ECAlgorithm.to_jwk(private.public_key(), as_dict=True))
@@ -246,15 +279,24 @@ def _load_key(row: SigningKeyRow) -> _Key:
     )
 
 
-def _new_key_row(now: datetime) -> SigningKeyRow:
+def _new_key_row(now: datetime, vault: Vault | None = None) -> SigningKeyRow:
+    """A fresh key, its PEM sealed under the keyring's current data key (in clear only for an
+    ``Authority`` made without a vault: tests and tools, never the API or the CLI)."""
     private = ec.generate_private_key(ec.SECP256R1())
     jwk = dict(ECAlgorithm.to_jwk(private.public_key(), as_dict=True))
+    kid = _thumbprint(jwk)
     pem = private.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    return SigningKeyRow(kid=_thumbprint(jwk), algorithm=ALGORITHM, private_pem=pem, created_at=now)
+    stored = vault.seal(pem, signing_key_aad(kid)) if vault is not None else pem
+    return SigningKeyRow(kid=kid, algorithm=ALGORITHM, private_pem=stored, created_at=now)
+
+
+def stale_signing_key(row_pem: bytes, vault: Vault) -> bool:
+    """Whether a stored PEM is in clear or sealed under another than the current data key."""
+    return vault.sealed_under(row_pem) != vault.keyring.data.current
 
 
 # --- the authority ----------------------------------------------------------------------------
@@ -288,18 +330,24 @@ class Authority:
 
     Several API processes may share one database: keys and clients live there, each process
     caches them briefly (a revoked client is refused everywhere within ``_CLIENT_CACHE_S``).
+    The signing keys' private halves are sealed under ``vault``'s current data key (the
+    keyring, a file, never the database); a legacy clear key is sealed when next loaded. The
+    API and the CLI always pass the vault; without one (tests, tools) new keys stay in clear
+    and a sealed key cannot be opened.
     """
 
     def __init__(
         self,
         engine: Engine,
         *,
+        vault: Vault | None = None,
         issuer: str = "jokko",
         audience: str = "jokko-api",
         token_ttl_s: int = 300,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
+        self.vault = vault
         self.issuer = issuer
         self.audience = audience
         self.token_ttl_s = token_ttl_s
@@ -489,6 +537,7 @@ class Authority:
         """Reload the live keys; a retirement may have been decided by another process."""
         horizon = datetime.fromtimestamp(self._clock() - self.token_ttl_s, UTC)
         fresh: dict[str, _Key] = {}
+        stale = False
         with Session(self.engine) as session:
             rows = session.scalars(
                 select(SigningKeyRow).where(
@@ -498,7 +547,17 @@ class Authority:
             for r in rows:
                 known = self._keys.get(r.kid)
                 retired = r.retired_at.timestamp() if r.retired_at is not None else None
-                fresh[r.kid] = known if known and known.retired_at == retired else _load_key(r)
+                if known and known.retired_at == retired:
+                    fresh[r.kid] = known
+                    continue
+                fresh[r.kid] = _load_key(r, self.vault)
+                if self.vault is not None and stale_signing_key(r.private_pem, self.vault):
+                    r.private_pem = self.vault.seal(
+                        _open_pem(r, self.vault), signing_key_aad(r.kid)
+                    )
+                    stale = True
+            if stale:
+                session.commit()  # sealed lazily: in clear from before, or under an older key
         with self._lock:
             self._keys = fresh
             self._keys_loaded_at = self._clock()
@@ -534,7 +593,7 @@ class Authority:
 
     def _create_key(self, *, actor: str, retire: bool) -> str:
         now = self._now()
-        row = _new_key_row(now)
+        row = _new_key_row(now, self.vault)
         kid = row.kid
         with Session(self.engine) as session, session.begin():
             if retire:
@@ -690,6 +749,8 @@ def principal(
         )
     try:
         who = authority.verify(token.strip())
+    except SigningKeyUnavailable:
+        raise  # a 503 problem (the keyring, not the caller, is wrong)
     except AuthError as exc:
         raise HTTPException(
             401, exc.message, headers={"WWW-Authenticate": f'{_REALM}, error="invalid_token"'}

@@ -31,7 +31,7 @@ from adapters.base import Institution
 from router.audit import verify
 from router.envelope import open_canonical
 from router.processing import RawRecord
-from router.store import AuditRow, DeadLetterRow, DeliveryState, OutboxRow
+from router.store import AuditRow, DeadLetterRow, DeliveryState, OutboxRow, SigningKeyRow
 from schemas import dump_event
 from schemas.examples import raw_examples
 from services.api.app import create_app
@@ -115,6 +115,20 @@ def on_topic(api: Api) -> list[dict[str, object]]:
         return [json.loads(open_canonical(api.jokko.vault, r.value, r.headers)) for r in consumer]
     finally:
         consumer.close()
+
+
+def test_the_apis_signing_keys_are_sealed_under_the_keyring(api: Api) -> None:
+    """The API made its signing key at the first token: the store holds it sealed under the
+    keyring's data key, and the JWKS and tokens work from it."""
+    with Session(api.jokko.engine) as s:
+        stored = {r.kid: r.private_pem for r in s.scalars(select(SigningKeyRow))}
+    assert len(stored) == 1
+    [(kid, pem)] = stored.items()
+    assert b"PRIVATE KEY" not in pem
+    assert api.jokko.vault.sealed_under(pem) == api.jokko.vault.keyring.data.current
+    assert [k["kid"] for k in httpx.get(f"{api.url}/.well-known/jwks.json").json()["keys"]] == [kid]
+    with api.client("msnas") as c:
+        assert c.get(f"/v1/events/{uuid.uuid4()}").status_code == 404  # the token verified
 
 
 def test_idempotency_key_same_body_same_answer_other_body_conflict(api: Api) -> None:

@@ -100,7 +100,7 @@ def test_no_server_error_and_every_answer_conforms(
     jokko = bootstrap(jokko_settings())
     seed(jokko)
     # A token outliving the run: an expired one would turn every later request into a 401.
-    app = create_app(jokko, authority=Authority(jokko.engine, token_ttl_s=3600))
+    app = create_app(jokko, authority=Authority(jokko.engine, vault=jokko.vault, token_ttl_s=3600))
     secret = app.state.authority.add_client("fuzzer", [s.value for s in Scope])
     tally = Tally()
     try:

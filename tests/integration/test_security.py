@@ -12,6 +12,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,14 +22,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, HTTPException
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from adapters.base import Institution
 from router.db import make_engine
 from router.migrate import upgrade
+from router.sealing import rewrap
 from router.store import AuditRow, ClientRow
+from router.vault import Keyring, KeySet, Vault, new_key
+from services import keyring
+from services.api import problems
 from services.api.security import (
     JWKS_PATH,
     TOKEN_PATH,
@@ -39,6 +44,8 @@ from services.api.security import (
     PrincipalDep,
     RateLimiter,
     Scope,
+    SigningKeyUnavailable,
+    _new_key_row,
     require,
     secret_matches,
     security_router,
@@ -676,6 +683,129 @@ def test_openapi_declares_the_client_credentials_flow_and_scopes(authority: Auth
     assert operation["security"] == [{"OAuth2ClientCredentials": ["deliveries:read"]}]
 
 
+# --- signing keys sealed in the store --------------------------------------------------------
+
+
+def _vault(kid: str = "data-1") -> Vault:
+    keys = KeySet(kid, {kid: new_key()})
+    return Vault(Keyring(data=keys, token=keys))
+
+
+def _stored_keys(engine: Engine) -> dict[str, bytes]:
+    """The ``signing_key`` table as a raw read sees it."""
+    with engine.connect() as conn:
+        return {
+            kid: bytes(pem)
+            for kid, pem in conn.execute(text("SELECT kid, private_pem FROM signing_key"))
+        }
+
+
+def _key_bytes(authority: Authority, kid: str) -> list[bytes]:
+    """The private key as it could appear: its scalar, its DER and its PEM."""
+    private = authority._keys[kid].private
+    scalar = private.private_numbers().private_value.to_bytes(32, "big")
+    der = private.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return [scalar, der, base64.b64encode(der)[:64]]
+
+
+def test_signing_keys_are_sealed_in_the_store_and_shared_by_replicas(
+    store: Engine, clock: Clock
+) -> None:
+    vault = _vault()
+    here = Authority(store, vault=vault, clock=clock)
+    there = Authority(store, vault=vault, clock=clock)  # another API process, same keyring
+    secret = here.add_client("mutual", [Scope.EVENTS_SUBMIT])
+    token = here.issue_token("mutual", secret).access_token
+    (kid, pem), *others = _stored_keys(store).items()
+    assert not others
+    assert b"BEGIN" not in pem
+    assert b"PRIVATE KEY" not in pem
+    assert not any(part in pem for part in _key_bytes(here, kid))
+    assert vault.sealed_under(pem) == "data-1"
+    assert there.verify(token).client_id == "mutual"
+    assert here.verify(there.issue_token("mutual", secret).access_token).client_id == "mutual"
+    assert there.jwks() == here.jwks()
+    new = there.rotate(actor="cli:awa")  # `jokko keys rotate signing`, unchanged
+    assert here.verify(here.issue_token("mutual", secret).access_token)
+    assert _segments(here.issue_token("mutual", secret).access_token)[0]["kid"] == new
+    assert all(vault.sealed_under(p) == "data-1" for p in _stored_keys(store).values())
+
+
+def test_a_legacy_clear_signing_key_still_works_and_is_sealed(store: Engine, clock: Clock) -> None:
+    """Rows from before sealing: used as they are, sealed when loaded or by ``rewrap``, and
+    re-sealed under the new data key after a rotation of the keyring."""
+    legacy = Authority(store, clock=clock)  # no vault: keys in clear, as before
+    secret = legacy.add_client("mutual", [Scope.EVENTS_SUBMIT])
+    old_token = legacy.issue_token("mutual", secret).access_token
+    [first] = _stored_keys(store)
+    assert b"BEGIN PRIVATE KEY" in _stored_keys(store)[first]
+    vault = _vault()
+    rewrapped = rewrap(store, vault)
+    assert rewrapped["signing keys"] == 1
+    assert vault.sealed_under(_stored_keys(store)[first]) == "data-1"
+    assert rewrap(store, vault)["signing keys"] == 0  # safe to run again
+    sealed = Authority(store, vault=vault, clock=clock)
+    assert sealed.verify(old_token).client_id == "mutual"
+    clock.t += 2  # an older process, still writing in clear, makes the next key
+    legacy_row = _new_key_row(datetime.fromtimestamp(clock.t, UTC))
+    second = legacy_row.kid
+    with Session(store) as session, session.begin():
+        session.add(legacy_row)
+    assert b"BEGIN PRIVATE KEY" in _stored_keys(store)[second]
+    newer = sealed.issue_token("mutual", secret).access_token
+    assert _segments(newer)[0]["kid"] == second
+    assert sealed.verify(newer).client_id == "mutual"
+    assert vault.sealed_under(_stored_keys(store)[second]) == "data-1"  # sealed when loaded
+    rotated = Vault(Keyring(KeySet("data-2", {**vault.keyring.data.keys, "data-2": new_key()}),
+                            vault.keyring.token))  # fmt: skip
+    assert rewrap(store, rotated)["signing keys"] == 2
+    assert {rotated.sealed_under(p) for p in _stored_keys(store).values()} == {"data-2"}
+    assert Authority(store, vault=rotated, clock=clock).verify(old_token)
+
+
+def test_another_keyring_cannot_open_the_signing_keys(
+    store: Engine, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    ours = Authority(store, vault=_vault(), clock=clock)
+    secret = ours.add_client("ops", OPERATOR)
+    token = ours.issue_token("ops", secret).access_token
+    foreign = Authority(store, vault=_vault("data-elsewhere"), clock=clock)
+    with pytest.raises(SigningKeyUnavailable, match="cannot be opened with this process"):
+        foreign.verify(token)
+    with pytest.raises(SigningKeyUnavailable):
+        foreign.issue_token("ops", secret)
+    with pytest.raises(SigningKeyUnavailable, match="no keyring"):
+        Authority(store, clock=clock).jwks()
+    app = _app(foreign)
+    problems.install(app)
+    api = Api(app)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        issued = api.request(
+            "POST",
+            TOKEN_PATH,
+            data={"grant_type": "client_credentials", "client_id": "ops", "client_secret": secret},
+        )
+        keys = api.request("GET", JWKS_PATH)
+        whoami = api.request("GET", "/v1/whoami", headers=_bearer(token))
+    assert issued.status_code == 503
+    assert issued.json()["error"] == "temporarily_unavailable"
+    assert "keyring" in issued.json()["error_description"]
+    for answer in (keys, whoami):
+        assert answer.status_code == 503
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert "cannot be opened with this process's keyring" in answer.json()["detail"]
+    assert all(r.exc_info is None for r in caplog.records)  # refused, no traceback
+    assert any("cannot be opened" in r.getMessage() for r in caplog.records)
+    assert not any("unexpected" in r.getMessage() for r in caplog.records)
+    assert all(secret not in body and "PRIVATE" not in body for body in api.bodies)
+    assert ours.verify(token).client_id == "ops"  # the right keyring still does
+
+
 # --- the CLI ----------------------------------------------------------------------------------
 
 
@@ -684,6 +814,7 @@ def test_cli_adds_lists_and_revokes_clients(
 ) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("JOKKO_DATABASE_URL", url)
+    monkeypatch.setenv("JOKKO_KEYRING_FILE", str(tmp_path / "keyring.json"))
     runner = CliRunner()
     added = runner.invoke(
         cli,
@@ -697,7 +828,8 @@ def test_cli_adds_lists_and_revokes_clients(
     secret = added.stdout.split("client_secret: ")[1].split()[0]
     engine = make_engine(url)
     try:
-        authority = Authority(engine)
+        vault = Vault(keyring.load(tmp_path / "keyring.json"))  # the CLI's own keyring
+        authority = Authority(engine, vault=vault)
         assert authority.verify(authority.issue_token("css-prod", secret).access_token)
         listed = runner.invoke(cli, ["clients", "list"])
         assert listed.exit_code == 0
@@ -718,7 +850,7 @@ def test_cli_adds_lists_and_revokes_clients(
         rotated = runner.invoke(cli, ["keys", "rotate", "signing"])
         assert rotated.exit_code == 0
         kid = rotated.stdout.split()[-1]
-        assert Authority(engine).jwks()["keys"][0]["kid"] == kid  # a process of its own
+        assert Authority(engine, vault=vault).jwks()["keys"][0]["kid"] == kid  # its own process
         actions = [a[1] for a in _audit(engine)]
         assert actions == ["client.add", "key.create", "client.revoke", "key.rotate"]
         actors = {action: actor for actor, action, *_ in _audit(engine)}
