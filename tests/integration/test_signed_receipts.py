@@ -33,6 +33,7 @@ from router.signing import (
 )
 from router.store import DeliveryState, ReceiptRow, Stage, TrailRow
 from services.api.app import create_app
+from services.api.security import Authority, Scope
 from services.bootstrap import Jokko, bootstrap
 from services.settings import Settings
 from tests.factories import enrolments
@@ -166,8 +167,15 @@ def test_a_refused_receipt_changes_nothing_is_counted_then_a_genuine_one_applies
                 )
                 pending = rows(app, Institution.CMU)
                 stored_while_refused = receipts(app)
+                secret = Authority(app.engine).add_client(
+                    "console-op", [Scope.DELIVERIES_READ.value, Scope.EVENTS_READ.value]
+                )
                 with serve(create_app(app)) as api:
                     metrics = httpx.get(f"{api}/metrics", timeout=10).text
+                    with httpx.Client(base_url=api, timeout=30) as console:
+                        login = {"client_id": "console-op", "client_secret": secret}
+                        assert console.post("/console/login", data=login).status_code == 303
+                        flow = console.get("/console/").text
                 cmu.receipt_fault = None  # CMU signs correctly again
                 wait(
                     lambda: all(
@@ -198,6 +206,7 @@ def test_a_refused_receipt_changes_nothing_is_counted_then_a_genuine_one_applies
         and f'reason="{reason}"' in line
     ]
     assert counted, metrics
+    assert 'data-refused-receipts="cmu"' in flow, "the operator's console shows them"
     assert float(counted[0].split()[-1]) >= 2 * MEMBERS, metrics
     # once CMU signs again: accepted exactly once, one receipt each
     assert all(r.state == DeliveryState.ACCEPTED for r in delivered)
