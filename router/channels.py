@@ -12,7 +12,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import date
@@ -138,7 +138,7 @@ class _Answer:
 
 
 @dataclass(frozen=True)
-class _Failure:
+class Failure:
     """Why a request failed (transient); ``refused`` names a receipt's refused signature."""
 
     text: str
@@ -277,7 +277,7 @@ class HttpChannel:
         batch_id = str(uuid.uuid4())  # never re-used: a fresh id needs no timestamp bookkeeping
         body = self._encode_batch(batch_id, [(p.message_id, p.body) for p in chunk])
         answer = self._post(batch_id, body, chunk[0].content_type, int(self._clock()))
-        if isinstance(answer, _Failure):
+        if isinstance(answer, Failure):
             return {p.message_id: answer.delivery(p.message_id) for p in chunk}
         by_message: dict[str, list[Ack]] = {}
         for a in answer.acks:
@@ -316,7 +316,7 @@ class HttpChannel:
 
     def _post(
         self, signed_id: str, body: bytes, content_type: str, timestamp: int
-    ) -> _Answer | _Failure:
+    ) -> _Answer | Failure:
         """The answer's acks (and its receipt), or why the request failed (transient,
         whatever it held). ``signed_id`` is the message's id, or a batch's."""
         headers = sign_push(
@@ -328,46 +328,34 @@ class HttpChannel:
                 self.requests += 1
             response = self._client.post(self._url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            return _Failure(transport_failure(exc))
+            return Failure(transport_failure(exc))
         if response.status_code >= 500 or response.status_code in (401, 403, 408, 429):
-            return _Failure(f"HTTP {response.status_code}")
+            return Failure(f"HTTP {response.status_code}")
         receipt = self._receipt(signed_id, response)
-        if isinstance(receipt, _Failure):
+        if isinstance(receipt, Failure):
             return receipt
         try:
             # pure adapters; CSS keeps lxml per thread
             return _Answer(self._parse_ack(response.content), receipt)
         except MalformedAck as exc:
-            return _Failure(f"HTTP {response.status_code}, unreadable answer: {exc}")
+            return Failure(f"HTTP {response.status_code}, unreadable answer: {exc}")
 
-    def _receipt(self, signed_id: str, response: httpx.Response) -> Receipt | _Failure | None:
+    def _receipt(self, signed_id: str, response: httpx.Response) -> Receipt | Failure | None:
         """The answer's verified signature, None for an unsigned answer that may be applied,
         or the refusal (before the answer is read: nothing of it is applied)."""
         if self._receipts is None:
             return None
-        headers = response.headers
-        if not headers.get(SIGNATURE_HEADER, "").strip():
-            if self._require_signed:
-                return _refused(UNSIGNED, "the answer is not signed")
-            return None
-        answered = headers.get(ID_HEADER, "").strip()
-        if answered and answered != signed_id:
-            return _refused(WRONG_ID, f"the answer is signed for {answered!r}, not {signed_id!r}")
-        try:
-            self._receipts.verify(headers, response.content)
-        except SignatureRejected as exc:
-            return _refused(exc.reason.value, str(exc))
-        return Receipt(
-            signed_id=signed_id,
-            body=response.content,
-            timestamp=int(headers[TIMESTAMP_HEADER].strip()),
-            signature=headers[SIGNATURE_HEADER],
-            kid=headers.get(KEY_ID_HEADER, "").strip(),
+        return check_receipt(
+            self._receipts,
+            response.headers,
+            response.content,
+            required=self._require_signed,
+            expected_id=signed_id,
         )
 
     def _send(self, p: Parcel) -> Delivery:
         answer = self._post(p.message_id, p.body, p.content_type, self._timestamp(p.message_id))
-        if isinstance(answer, _Failure):
+        if isinstance(answer, Failure):
             return answer.delivery(p.message_id)
         acks = [a for a in answer.acks if a.message_id == p.message_id]
         return self._decided(p, acks, answer.receipt)
@@ -394,8 +382,40 @@ class HttpChannel:
         self._client.close()
 
 
-def _refused(reason: str, detail: str) -> _Failure:
-    return _Failure(f"receipt refused: {reason}: {detail}", refused=reason)
+def check_receipt(
+    verifier: JwksVerifier,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    required: bool,
+    expected_id: str | None = None,
+) -> Receipt | Failure | None:
+    """An institution's signed acknowledgement checked against its registered keys: the
+    receipt, None when unsigned and not ``required``, or the refusal with its reason.
+    ``expected_id``: the id the answer must be signed for (the message or batch answered)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    if not lower.get(SIGNATURE_HEADER, "").strip():
+        if required:
+            return _refused(UNSIGNED, "the acknowledgement is not signed")
+        return None
+    answered = lower.get(ID_HEADER, "").strip()
+    if expected_id is not None and answered and answered != expected_id:
+        return _refused(WRONG_ID, f"the answer is signed for {answered!r}, not {expected_id!r}")
+    try:
+        signed_id = verifier.verify(lower, body)
+    except SignatureRejected as exc:
+        return _refused(exc.reason.value, str(exc))
+    return Receipt(
+        signed_id=signed_id,
+        body=body,
+        timestamp=int(lower[TIMESTAMP_HEADER].strip()),
+        signature=lower[SIGNATURE_HEADER],
+        kid=lower.get(KEY_ID_HEADER, "").strip(),
+    )
+
+
+def _refused(reason: str, detail: str) -> Failure:
+    return Failure(f"receipt refused: {reason}: {detail}", refused=reason)
 
 
 class FileChannel:

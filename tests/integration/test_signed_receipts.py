@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -22,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters.base import Institution
+from router.processing import RawRecord
 from router.signing import (
     ID_HEADER,
     KEY_ID_HEADER,
@@ -30,8 +33,10 @@ from router.signing import (
     JwksVerifier,
     MessageKeys,
     SigningKey,
+    sign_push,
 )
 from router.store import DeliveryState, ReceiptRow, Stage, TrailRow
+from schemas import CanonicalEvent, dump_event
 from services.api.app import create_app
 from services.api.security import Authority, Scope
 from services.bootstrap import Jokko, bootstrap
@@ -240,3 +245,91 @@ def test_unsigned_answers_still_apply_when_signed_acks_are_not_required(
             assert refusals(app) == []
         finally:
             app.engine.dispose()
+
+
+def route(jokko: Jokko, events: Sequence[CanonicalEvent]) -> None:
+    jokko.processor().process_batch(
+        [RawRecord("canonical", 0, i, dump_event(e)) for i, e in enumerate(events)]
+    )
+
+
+def css_ack(row_ids: list[str]) -> bytes:
+    receipts = "".join(
+        f'<Receipt messageId="{m}" status="accepted" fileNumber="CSS-AF-2026-{i:06d}"/>'
+        for i, m in enumerate(row_ids)
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<Acknowledgement xmlns="urn:sn:css:jokko:v1" formatVersion="1" '
+        f'issuedAt="2026-06-03T10:00:00Z">{receipts}</Acknowledgement>'
+    ).encode()
+
+
+def test_acks_posted_to_the_api_are_verified_refused_or_kept_as_receipts(
+    jokko_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    key = cmu_key("css-ack-2026")
+    jwks_file = tmp_path / "css-ack-keys.json"
+    jwks_file.write_text(json.dumps(MessageKeys(key).jwks()))
+    jokko = bootstrap(
+        jokko_settings(css={"ack_jwks_file": str(jwks_file), "require_signed_acks": True})
+    )
+    app = create_app(jokko)
+    secret = app.state.authority.add_client(
+        "css", [Scope.ACKS_WRITE.value], institution=Institution.CSS
+    )
+    try:
+        route(jokko, [*enrolments(2)])
+        relay = jokko.relay(with_acks=False)
+        try:
+            while relay.relay_once():
+                pass  # on CSS's topic: sent, waiting for its acks
+        finally:
+            relay.close()
+        ids = [r.message_id for r in rows(jokko, Institution.CSS)]
+        ack = css_ack(ids)
+        now = int(time.time())
+        genuine = sign_push("ack-1", ack, timestamp=now, key=key)
+        forged = sign_push("ack-1", ack, timestamp=now, key=cmu_key("cmu-ack-2026"))
+        with serve(app, lifespan=True) as url:
+            token = httpx.post(
+                f"{url}/v1/oauth/token",
+                data={"grant_type": "client_credentials"},
+                auth=("css", secret),
+            ).json()["access_token"]
+            with httpx.Client(
+                base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+            ) as css:
+                xml = {"content-type": "application/xml"}
+                unsigned = css.post("/v1/acks/css", content=ack, headers=xml)
+                other_key = css.post("/v1/acks/css", content=ack, headers={**xml, **forged})
+                altered = css.post(
+                    "/v1/acks/css",
+                    content=ack.replace(b"000000", b"000009"),
+                    headers={**xml, **genuine},
+                )
+                before = rows(jokko, Institution.CSS)
+                applied = css.post("/v1/acks/css", content=ack, headers={**xml, **genuine})
+                replayed = css.post("/v1/acks/css", content=ack, headers={**xml, **genuine})
+        after = rows(jokko, Institution.CSS)
+        stored = receipts(jokko)
+        refused = refusals(jokko)
+    finally:
+        jokko.engine.dispose()
+    for answer, reason in (
+        (unsigned, "unsigned"),
+        (other_key, "unknown_key"),
+        (altered, "bad_signature"),
+        (replayed, "replayed"),
+    ):
+        assert answer.status_code == 401, answer.text
+        assert f"receipt refused: {reason}" in answer.json()["detail"]
+    assert {r.state for r in before} == {DeliveryState.SENT}, "nothing refused was applied"
+    assert applied.status_code == 200, applied.text
+    assert applied.json()["applied"] == len(ids)
+    assert {r.state for r in after} == {DeliveryState.ACCEPTED}
+    assert sorted(r.message_id for r in stored) == sorted(ids)
+    assert all(r.signed_id == "ack-1" and r.body == ack and r.kid == key.kid for r in stored)
+    assert Counter(t.detail for t in refused) == {
+        reason: len(ids) for reason in ("unsigned", "unknown_key", "bad_signature", "replayed")
+    }
