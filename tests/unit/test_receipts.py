@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -17,6 +18,7 @@ from adapters.base import Ack, AckStatus, Institution, OutboundAdapter
 from router.channels import HttpChannel
 from router.delivery import Parcel, Result
 from router.signing import ID_HEADER, JwksVerifier, MessageKeys, SigningKey, sign_push
+from services.settings import PartnerSettings
 
 pytestmark = pytest.mark.unit
 
@@ -133,3 +135,9 @@ def test_a_batch_answer_is_one_receipt_for_each_message() -> None:
     receipts = [d.receipt for d in reports]
     assert all(r is not None for r in receipts)
     assert len({r.signed_id for r in receipts if r is not None}) == 1, "the batch id signed"
+
+
+def test_signed_acks_cannot_be_required_without_the_institutions_keys() -> None:
+    with pytest.raises(ValueError, match="ack_jwks_file"):
+        PartnerSettings(require_signed_acks=True)
+    assert PartnerSettings(ack_jwks_file=Path("k.json"), require_signed_acks=True)
