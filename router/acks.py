@@ -15,7 +15,7 @@ import shutil
 import threading
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from router.store import (
     DeliveryState,
     MemberProfileRow,
     OutboxRow,
+    ReceiptRow,
     utcnow,
 )
 from router.vault import Vault
@@ -156,8 +157,12 @@ def apply_acks(
     *,
     channel: str,
     decisions: Callable[[Sequence[ClaimAdjudicated]], None] | None = None,
+    receipt: Mapping[str, object] | None = None,
 ) -> AckReport:
     """Apply acks in one transaction; safe to call again with the same acks.
+
+    ``receipt`` (the ``receipt`` table's columns but the message's: the verified signed
+    document) is stored, in the same transaction, for each message the acks apply to.
 
     ``decisions`` publishes CMU's decisions the acks carry, *before* the transaction commits:
     if it raises, nothing is applied and the same acks applied again give the same events
@@ -189,6 +194,7 @@ def apply_acks(
         updates: dict[str, list[dict[str, object]]] = defaultdict(list)
         trail: list[tuple[object, ...]] = []
         anomalies: list[dict[str, object]] = []
+        receipts: list[dict[str, object]] = []
 
         def anomaly(ack: Ack, kind: str, detail: str) -> None:
             report.anomalies[kind] += 1
@@ -244,7 +250,18 @@ def apply_acks(
                 (row.event_id, target, row.institution, row.message_id, ack.reason_code, now)
             )
             report.applied += 1
+            if receipt is not None:
+                receipts.append(
+                    {
+                        **receipt,
+                        "message_id": row.message_id,
+                        "institution": row.institution,
+                        "verified_at": now,
+                    }
+                )
         conn = session.connection()
+        if receipts:
+            conn.execute(insert(ReceiptRow), receipts)
         for group in updates.values():
             update_rows(conn, OUTBOX, group)
         copy_rows(conn, TRAIL.name, TRAIL_COLUMNS, trail)

@@ -12,9 +12,9 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from uuid import UUID
@@ -32,8 +32,19 @@ from adapters.base import (
 )
 from adapters.ipres import build_declaration_file
 from adapters.ipres import validate as validate_ipres
-from router.delivery import ChannelUnavailable, Delivery, Parcel, Result
-from router.signing import SIG_SUFFIX, SigningKey, sign_file, sign_push
+from router.delivery import ChannelUnavailable, Delivery, Parcel, Receipt, Result
+from router.signing import (
+    ID_HEADER,
+    KEY_ID_HEADER,
+    SIG_SUFFIX,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    JwksVerifier,
+    SignatureRejected,
+    SigningKey,
+    sign_file,
+    sign_push,
+)
 
 ParseAck = Callable[[bytes], list[Ack]]
 EncodeBatch = Callable[[str, Sequence[tuple[str, bytes]]], bytes]
@@ -120,6 +131,31 @@ def transport_failure(exc: httpx.HTTPError) -> str:
     return f"tls: {named} ({reason})"
 
 
+@dataclass(frozen=True)
+class _Answer:
+    acks: list[Ack]
+    receipt: Receipt | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a request failed (transient); ``refused`` names a receipt's refused signature."""
+
+    text: str
+    refused: str | None = None
+
+    def delivery(self, message_id: str) -> Delivery:
+        return Delivery(
+            message_id, Result.FAILED, reason_text=self.text, receipt_refused=self.refused
+        )
+
+
+UNSIGNED = "unsigned"
+"""No signature on an answer from an institution whose acks must be signed."""
+WRONG_ID = "wrong_id"
+"""A valid signature over another message's (or batch's) answer: a receipt replayed across."""
+
+
 def _held_back(p: Parcel) -> Delivery:
     """Not sent: an earlier message of its member failed, and order comes first."""
     return Delivery(p.message_id, Result.FAILED, reason_text="an earlier message failed")
@@ -166,7 +202,13 @@ class HttpChannel:
         clock: Callable[[], float] = time.time,
         batch_size: int = 1,
         encode_batch: EncodeBatch | None = None,
+        receipts: JwksVerifier | None = None,
+        require_signed_acks: bool = False,
     ) -> None:
+        if require_signed_acks and receipts is None:
+            raise ValueError(f"signed acks from {institution} need its public keys")
+        self._receipts = receipts
+        self._require_signed = require_signed_acks
         if batch_size > 1 and encode_batch is None:
             raise ValueError(f"{institution} has no batch envelope: batch_size must be 1")
         if secret is None and signing_key is None:
@@ -235,15 +277,15 @@ class HttpChannel:
         batch_id = str(uuid.uuid4())  # never re-used: a fresh id needs no timestamp bookkeeping
         body = self._encode_batch(batch_id, [(p.message_id, p.body) for p in chunk])
         answer = self._post(batch_id, body, chunk[0].content_type, int(self._clock()))
-        if isinstance(answer, str):
-            return {
-                p.message_id: Delivery(p.message_id, Result.FAILED, reason_text=answer)
-                for p in chunk
-            }
+        if isinstance(answer, Failure):
+            return {p.message_id: answer.delivery(p.message_id) for p in chunk}
         by_message: dict[str, list[Ack]] = {}
-        for a in answer:
+        for a in answer.acks:
             by_message.setdefault(a.message_id, []).append(a)
-        return {p.message_id: self._decided(p, by_message.get(p.message_id, [])) for p in chunk}
+        return {
+            p.message_id: self._decided(p, by_message.get(p.message_id, []), answer.receipt)
+            for p in chunk
+        }
 
     def _send_member(self, parcels: list[Parcel]) -> dict[str, Delivery]:
         out: dict[str, Delivery] = {}
@@ -274,9 +316,9 @@ class HttpChannel:
 
     def _post(
         self, signed_id: str, body: bytes, content_type: str, timestamp: int
-    ) -> list[Ack] | str:
-        """The answer's acks, or why the request failed (transient, whatever it
-        held). ``signed_id`` is the message's id, or a batch's."""
+    ) -> _Answer | Failure:
+        """The answer's acks (and its receipt), or why the request failed (transient,
+        whatever it held). ``signed_id`` is the message's id, or a batch's."""
         headers = sign_push(
             signed_id, body, timestamp=timestamp, key=self._signing_key, secret=self._secret
         )
@@ -286,21 +328,39 @@ class HttpChannel:
                 self.requests += 1
             response = self._client.post(self._url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            return transport_failure(exc)
+            return Failure(transport_failure(exc))
         if response.status_code >= 500 or response.status_code in (401, 403, 408, 429):
-            return f"HTTP {response.status_code}"
+            return Failure(f"HTTP {response.status_code}")
+        receipt = self._receipt(signed_id, response)
+        if isinstance(receipt, Failure):
+            return receipt
         try:
-            return self._parse_ack(response.content)  # pure adapters; CSS keeps lxml per thread
+            # pure adapters; CSS keeps lxml per thread
+            return _Answer(self._parse_ack(response.content), receipt)
         except MalformedAck as exc:
-            return f"HTTP {response.status_code}, unreadable answer: {exc}"
+            return Failure(f"HTTP {response.status_code}, unreadable answer: {exc}")
+
+    def _receipt(self, signed_id: str, response: httpx.Response) -> Receipt | Failure | None:
+        """The answer's verified signature, None for an unsigned answer that may be applied,
+        or the refusal (before the answer is read: nothing of it is applied)."""
+        if self._receipts is None:
+            return None
+        return check_receipt(
+            self._receipts,
+            response.headers,
+            response.content,
+            required=self._require_signed,
+            expected_id=signed_id,
+        )
 
     def _send(self, p: Parcel) -> Delivery:
         answer = self._post(p.message_id, p.body, p.content_type, self._timestamp(p.message_id))
-        if isinstance(answer, str):
-            return Delivery(p.message_id, Result.FAILED, reason_text=answer)
-        return self._decided(p, [a for a in answer if a.message_id == p.message_id])
+        if isinstance(answer, Failure):
+            return answer.delivery(p.message_id)
+        acks = [a for a in answer.acks if a.message_id == p.message_id]
+        return self._decided(p, acks, answer.receipt)
 
-    def _decided(self, p: Parcel, acks: list[Ack]) -> Delivery:
+    def _decided(self, p: Parcel, acks: list[Ack], receipt: Receipt | None = None) -> Delivery:
         if not acks:
             return Delivery(
                 p.message_id, Result.FAILED, reason_text="the answer does not name this message"
@@ -309,16 +369,53 @@ class HttpChannel:
         # it (a batch-response with the transaction-response and a ClaimResponse).
         decision = next((a for a in acks if a.adjudication is not None), None)
         if decision is None:
-            return delivery_of(acks[0])
+            return replace(delivery_of(acks[0]), receipt=receipt)
         return replace(
             delivery_of(acks[0]),
             adjudication=decision.adjudication,
             decided_at=decision.decided_at,
+            receipt=receipt,
         )
 
     def close(self) -> None:
         self._pool.shutdown()
         self._client.close()
+
+
+def check_receipt(
+    verifier: JwksVerifier,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    required: bool,
+    expected_id: str | None = None,
+) -> Receipt | Failure | None:
+    """An institution's signed acknowledgement checked against its registered keys: the
+    receipt, None when unsigned and not ``required``, or the refusal with its reason.
+    ``expected_id``: the id the answer must be signed for (the message or batch answered)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    if not lower.get(SIGNATURE_HEADER, "").strip():
+        if required:
+            return _refused(UNSIGNED, "the acknowledgement is not signed")
+        return None
+    answered = lower.get(ID_HEADER, "").strip()
+    if expected_id is not None and answered and answered != expected_id:
+        return _refused(WRONG_ID, f"the answer is signed for {answered!r}, not {expected_id!r}")
+    try:
+        signed_id = verifier.verify(lower, body)
+    except SignatureRejected as exc:
+        return _refused(exc.reason.value, str(exc))
+    return Receipt(
+        signed_id=signed_id,
+        body=body,
+        timestamp=int(lower[TIMESTAMP_HEADER].strip()),
+        signature=lower[SIGNATURE_HEADER],
+        kid=lower.get(KEY_ID_HEADER, "").strip(),
+    )
+
+
+def _refused(reason: str, detail: str) -> Failure:
+    return Failure(f"receipt refused: {reason}: {detail}", refused=reason)
 
 
 class FileChannel:

@@ -17,6 +17,7 @@ never touches the store.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import defaultdict
@@ -36,7 +37,7 @@ from adapters.base import Institution
 from router.acks import Decision, DecisionsUnpublished, adjudication_events
 from router.bulk import TRAIL, TRAIL_COLUMNS, copy_rows, update_rows
 from router.sealing import member_keys, open_body
-from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, utcnow
+from router.store import DeadLetterRow, DeliveryState, OutboxRow, ReceiptRow, Stage, utcnow
 from router.vault import SealError, Vault
 from schemas import ClaimAdjudicated
 from schemas.errors import JokkoError
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX: Table = OutboxRow.__table__  # type: ignore[assignment]
 DEAD: Table = DeadLetterRow.__table__  # type: ignore[assignment]
+RECEIPT: Table = ReceiptRow.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,22 @@ class Delivery:
     """CMU's decision, when its answer carried one (HTTP push): a ``claim.adjudicated``."""
     decided_at: datetime | None = None
     """When CMU decided, from its answer (``Ack.decided_at``)."""
+    receipt: Receipt | None = None
+    """The institution's signed answer, verified: stored with the ack (``receipt`` table)."""
+    receipt_refused: str | None = None
+    """Why the answer's signature was refused (``router.signing.Reason`` or ``unsigned``,
+    ``wrong_id``): the answer is not applied, the message is retried."""
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """An institution's answer whose Standard Webhooks ``v1a`` signature was verified."""
+
+    signed_id: str
+    body: bytes
+    timestamp: int
+    signature: str
+    kid: str
 
 
 class ChannelUnavailable(JokkoError):
@@ -346,6 +364,7 @@ class DeliveryWorker:
         failed_trail: list[tuple[Any, ...]] = []
         trail: list[tuple[Any, ...]] = []
         blocked: set[str] = set()  # members whose earlier row failed in this batch
+        receipts: list[dict[str, Any]] = []
         for row in rows:
             d = by_id.get(row.message_id) or Delivery(
                 row.message_id, Result.FAILED, reason_text="no answer for this message"
@@ -354,6 +373,16 @@ class DeliveryWorker:
                 # Delivered out of its member's order by the partner's own doing; keep it,
                 # the failed earlier row is re-sent and carries its own sequence number.
                 log.warning("message %s delivered after an earlier failure", row.message_id)
+            if d.receipt_refused is not None:
+                # a security event: kept apart, never applied (the trail shows it, the
+                # metrics count it by reason)
+                log.warning(
+                    "receipt from %s for %s refused: %s",
+                    self._institution,
+                    row.message_id,
+                    d.reason_text,
+                )
+                failed_trail.append(_trail_row(row, Stage.RECEIPT_REFUSED, now, d.receipt_refused))
             if d.result in (Result.FAILED, Result.UNDELIVERABLE):
                 attempts = row.attempts + 1
                 batch_ref = d.batch_ref or row.batch_ref
@@ -393,6 +422,8 @@ class DeliveryWorker:
                 )
                 continue
             acked = d.result in (Result.ACCEPTED, Result.REJECTED)
+            if acked and d.receipt is not None:
+                receipts.append(self._receipt_row(row, d.receipt, now))
             if acked and d.adjudication is not None:
                 decided.append((row, d.adjudication, d.decided_at))
             updates[d.result.value].append(
@@ -416,10 +447,25 @@ class DeliveryWorker:
             update_rows(conn, OUTBOX, group)
         if dead:
             conn.execute(insert(DEAD), dead)
+        if receipts:
+            conn.execute(insert(RECEIPT), receipts)
         copy_rows(conn, TRAIL.name, TRAIL_COLUMNS, failed_trail + trail)
         self._publish_decisions(session, decided, now)
         self.delivered += len(trail)
         return len(trail)
+
+    def _receipt_row(self, row: OutboxRow, r: Receipt, now: datetime) -> dict[str, Any]:
+        return {
+            "message_id": row.message_id,
+            "institution": row.institution,
+            "signed_id": r.signed_id,
+            "body": r.body,
+            "body_sha256": hashlib.sha256(r.body).hexdigest(),
+            "timestamp": r.timestamp,
+            "signature": r.signature,
+            "kid": r.kid,
+            "verified_at": now,
+        }
 
     def _dead_letter(
         self, row: OutboxRow, reason: str, d: Delivery, attempts: int, now: datetime

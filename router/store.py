@@ -71,6 +71,8 @@ class Stage(StrEnum):
     CONFLICT = "conflict"
     """The same event id came again with other content; that copy is a dead letter."""
     RETRYING = "retrying"
+    RECEIPT_REFUSED = "receipt_refused"
+    """The institution's answer carried no valid signature: not applied (detail: the reason)."""
 
 
 class Base(DeclarativeBase):
@@ -265,6 +267,27 @@ class TrailRow(Base):
     message_id: Mapped[str | None] = mapped_column(String(36))
     detail: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class ReceiptRow(Base):
+    """An institution's signed answer to a message, verified against its registered keys:
+    the proof that it acknowledged what Jokko sent. Written in the ack's own transaction."""
+
+    __tablename__ = "receipt"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(36), index=True)
+    institution: Mapped[str] = mapped_column(String(16))
+    signed_id: Mapped[str] = mapped_column(String(64))
+    """The ``webhook-id`` signed: the message id, or the batch id of a batch answer."""
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    """The answer's exact bytes, as signed."""
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    timestamp: Mapped[int] = mapped_column(BigInteger)
+    signature: Mapped[str] = mapped_column(Text)
+    """The ``webhook-signature`` header as received."""
+    kid: Mapped[str] = mapped_column(String(64))
+    verified_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class AckAnomalyRow(Base):

@@ -6,6 +6,7 @@ they exercise is what production runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -33,7 +34,7 @@ from router.migrate import upgrade
 from router.processing import Processor
 from router.registry import outbound_adapters
 from router.relay import AckIntake, Relay
-from router.signing import MessageKeys, Scheme
+from router.signing import JwksVerifier, MessageKeys, Scheme, keys_of
 from router.store import KeyCheckRow, utcnow
 from router.topics import Topics
 from router.vault import KeySet, SealError, Vault
@@ -111,6 +112,8 @@ class Jokko:
                     concurrency=p.concurrency,
                     batch_size=p.batch_size,
                     encode_batch=encode_batch,
+                    receipts=receipt_verifier(inst, p),
+                    require_signed_acks=p.require_signed_acks,
                 )
             elif p.mode == DeliveryMode.FILE:
                 chosen[inst] = FileChannel(
@@ -176,6 +179,22 @@ class Jokko:
                 continue
             keys[inst] = keyring.load_topic_key(p.topic_key_file)
         return keys
+
+
+def receipt_verifier(institution: Institution, partner: PartnerSettings) -> JwksVerifier | None:
+    """The verifier of an institution's signed answers, its registered JWKS loaded now: a
+    missing or unreadable file stops the relay at start."""
+    if partner.ack_jwks_file is None:
+        return None
+    name = f"JOKKO_{institution.value.upper()}__ACK_JWKS_FILE"
+    try:
+        jwks = json.loads(partner.ack_jwks_file.read_bytes())
+        keys = keys_of(jwks)
+    except (OSError, ValueError) as exc:
+        raise InvalidSettings(f"{name}: the institution's keys do not load: {exc}") from None
+    if not keys:
+        raise InvalidSettings(f"{name}: no OKP/Ed25519 key in {partner.ack_jwks_file}")
+    return JwksVerifier(jwks)
 
 
 def partner_tls(institution: Institution, partner: PartnerSettings) -> ssl.SSLContext:

@@ -101,6 +101,13 @@ class PartnerSettings(BaseModel):
     allow_plain_http: bool = False
     """Let mode http use an ``http://`` URL, to a loopback address only (a test peer on this
     machine). Off, as production leaves it: personal data never leaves in clear by mistake."""
+    ack_jwks_file: Path | None = None
+    """The institution's registered public keys (a JWKS document, OKP/Ed25519 keys by
+    ``kid``): its signed answers are verified against them and kept as receipts. Replace the
+    file (old and new keys in it while the institution rotates) and restart the relay."""
+    require_signed_acks: bool = False
+    """Refuse an answer that carries no valid signature (never applied, retried); off, an
+    unsigned answer is applied as before, and a signed one must still be valid."""
     topic_key_file: Path | None = None
     """Mode kafka: the key file (``jokko keys topic-key``) sealing this institution's topic,
     held by Jokko and that institution only; without one its messages go on it in clear."""
@@ -119,6 +126,8 @@ class PartnerSettings(BaseModel):
                     f"signature {self.signature} needs a secret of at least 32 characters"
                 )
             self._transport_is_safe(self.url)
+        if self.require_signed_acks and self.ack_jwks_file is None:
+            raise ValueError("require_signed_acks needs ack_jwks_file (the institution's keys)")
         if self.mode == DeliveryMode.FILE and (self.outbox_dir is None or self.ack_dir is None):
             raise ValueError("mode file needs outbox_dir and ack_dir")
         return self

@@ -49,7 +49,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from adapters.base import Institution
-from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
+from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow, Stage, TrailRow
 from schemas.errors import JokkoError
 from services.api import pagination, problems
 from services.api.access import audit_read
@@ -315,9 +315,19 @@ def flow(request: Request, session: SessionDep, op: OperatorDep) -> Response:
         .select_from(DeadLetterRow)
         .where(DeadLetterRow.replayed_at.is_(None), DeadLetterRow.discarded_at.is_(None))
     )
+    # security events: institutions' answers whose signature was refused (never applied)
+    refused_receipts = {
+        inst: n
+        for inst, n in session.execute(
+            select(TrailRow.institution, func.count())
+            .where(TrailRow.stage == Stage.RECEIPT_REFUSED.value)
+            .group_by(TrailRow.institution)
+        )
+    }
     rows = [
         {
             "institution": i.value,
+            "refused_receipts": refused_receipts.get(i.value, 0),
             "counts": {s.value: counts[(i.value, s.value)] for s in DeliveryState},
             "total": sum(counts[(i.value, s.value)] for s in DeliveryState),
         }

@@ -33,7 +33,15 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from adapters.base import AckStatus, Institution, InvalidMessage
-from router.signing import KEY_ID_HEADER, AllOf, JwksVerifier, SignatureRejected, Verifier
+from router.signing import (
+    KEY_ID_HEADER,
+    AllOf,
+    JwksVerifier,
+    SignatureRejected,
+    SigningKey,
+    Verifier,
+    sign_push,
+)
 from tests.fakes.faults import Fate, Faults
 from tests.fakes.server import dropped
 
@@ -173,6 +181,13 @@ class HttpFake:
             title=f"fake {self.institution}", docs_url=None, redoc_url=None, openapi_url=None
         )
         self.app.add_api_route(self.path, self._endpoint, methods=["POST"])
+        self.ack_key: SigningKey | None = None
+        """Signs each answer (Standard Webhooks ``v1a`` over the answered id): a receipt."""
+        self.receipt_fault: str | None = None
+        """``forge`` (sign with ``forge_key``), ``alter`` (change the body after signing),
+        ``omit`` (no signature): a receipt Jokko must refuse."""
+        self.forge_key: SigningKey | None = None
+        self._receipt_ts: dict[str, int] = {}
 
     @property
     def received(self) -> list[ReceivedMessage]:
@@ -259,7 +274,23 @@ class HttpFake:
             lost = any([self.lose_answer(m) for m, _ in parts])  # each one counted
         if fate is Fate.DROP or lost:
             return self._counted(None)
-        return self._counted(answer)
+        return self._signed(self._counted(answer), message_id, answer)
+
+    def _signed(self, response: Response, signed_id: str, answer: Answer) -> Response:
+        """The answer signed as the institution's receipt (when the fake has a key)."""
+        key = self.forge_key if self.receipt_fault == "forge" else self.ack_key
+        if key is None or self.receipt_fault == "omit" or answer.status >= 500:
+            return response
+        # each answer to an id a later timestamp: a genuine re-answer is never a replay
+        ts = max(int(time.time()), self._receipt_ts.get(signed_id, 0) + 1)
+        self._receipt_ts[signed_id] = ts
+        headers = sign_push(signed_id, answer.body, timestamp=ts, key=key)
+        if self.receipt_fault == "alter":
+            response.body = answer.body + b" "  # one byte more than was signed
+            response.headers["content-length"] = str(len(response.body))
+        for name, value in headers.items():
+            response.headers[name] = value
+        return response
 
     def _counted(self, answer: Answer | None) -> Response:
         self.recorder.count(None if answer is None else answer.status)

@@ -7,6 +7,8 @@ was sent about them: every read that returns some is audited (``services.api.acc
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated
@@ -14,18 +16,24 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from adapters.base import Institution
+from adapters.base import Ack, Institution
 from router.acks import apply_acks
 from router.canonical import publish_events
-from router.store import DeliveryState, OutboxRow
+from router.channels import Failure, check_receipt
+from router.signing import JwksVerifier
+from router.store import DeliveryState, OutboxRow, Stage, TrailRow, utcnow
 from schemas import ClaimAdjudicated
 from services.api import pagination
 from services.api.access import audit_read
 from services.api.deps import JokkoDep, ProducerDep, SessionDep
 from services.api.problems import PROBLEM_RESPONSES, problem_responses
 from services.api.security import Principal, Scope, require
+from services.bootstrap import receipt_verifier
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["deliveries"], responses=PROBLEM_RESPONSES)
 
@@ -134,7 +142,11 @@ def get_delivery(
     description=(
         "CMU: a FHIR transaction-response Bundle, OperationOutcome, ClaimResponse or "
         "batch-response (application/fhir+json). CSS: an Acknowledgement document "
-        "(application/xml). IPRES: an acknowledgement file (text/plain)."
+        "(application/xml). IPRES: an acknowledgement file (text/plain). Signed by the "
+        "institution (Standard Webhooks v1a headers webhook-id, webhook-timestamp, "
+        "webhook-signature, webhook-key-id over the body) when it registered its keys: a "
+        "signature that fails is refused with 401 'receipt refused: <reason>' and nothing "
+        "is applied; a valid one is stored as each applied message's receipt."
     ),
     openapi_extra={
         "requestBody": {
@@ -157,14 +169,42 @@ async def post_acks(
     if not principal.may_see(institution):
         raise HTTPException(404, "no such institution endpoint")
     body = await request.body()
-    return await run_in_threadpool(_apply, institution, body, jokko, producer)
+    headers = dict(request.headers)
+    verifiers: dict[Institution, JwksVerifier | None] = request.app.state.__dict__.setdefault(
+        "ack_verifiers", {}
+    )
+    if institution not in verifiers:  # one per institution: it remembers what it accepted
+        verifiers[institution] = receipt_verifier(institution, jokko.partner(institution))
+    verifier = verifiers[institution]
+    return await run_in_threadpool(_apply, institution, body, headers, verifier, jokko, producer)
 
 
 def _apply(
-    institution: Institution, body: bytes, jokko: JokkoDep, producer: ProducerDep
+    institution: Institution,
+    body: bytes,
+    headers: dict[str, str],
+    verifier: JwksVerifier | None,
+    jokko: JokkoDep,
+    producer: ProducerDep,
 ) -> AckResult:
     """Parse, apply in the store, publish adjudications: blocking, run in the threadpool."""
     acks = jokko.adapters[institution].parse_ack(body)  # MalformedAck → 422, located
+    receipt = None
+    if verifier is not None:
+        required = jokko.partner(institution).require_signed_acks
+        checked = check_receipt(verifier, headers, body, required=required)
+        if isinstance(checked, Failure):
+            _refused(jokko, institution, acks, checked)
+            raise HTTPException(401, checked.text)
+        if checked is not None:
+            receipt = {
+                "signed_id": checked.signed_id,
+                "body": checked.body,
+                "body_sha256": hashlib.sha256(checked.body).hexdigest(),
+                "timestamp": checked.timestamp,
+                "signature": checked.signature,
+                "kid": checked.kid,
+            }
 
     def decisions(events: Sequence[ClaimAdjudicated]) -> None:
         """Before the acks commit: a 503 here applies nothing, and the institution's
@@ -174,7 +214,34 @@ def _apply(
             producer, jokko.topics.canonical, events, vault=jokko.vault, timeout_s=timeout_s
         )
 
-    report = apply_acks(jokko.engine, institution, acks, channel="api", decisions=decisions)
+    report = apply_acks(
+        jokko.engine, institution, acks, channel="api", decisions=decisions, receipt=receipt
+    )
     return AckResult(
         applied=report.applied, duplicates=report.duplicates, anomalies=dict(report.anomalies)
     )
+
+
+def _refused(jokko: JokkoDep, institution: Institution, acks: Sequence[Ack], why: Failure) -> None:
+    """A security event on the trail of each message the refused document names (nothing
+    applied): counted in ``jokko_receipts_refused_total``, shown on the console."""
+    log.warning("acknowledgement from %s refused: %s", institution.value, why.text)
+    now = utcnow()
+    with Session(jokko.engine) as session, session.begin():
+        named = session.execute(
+            select(OutboxRow.event_id, OutboxRow.message_id).where(
+                OutboxRow.institution == institution.value,
+                OutboxRow.message_id.in_({a.message_id for a in acks}),
+            )
+        ).all()
+        session.add_all(
+            TrailRow(
+                event_id=event_id,
+                stage=Stage.RECEIPT_REFUSED.value,
+                institution=institution.value,
+                message_id=message_id,
+                detail=why.refused,
+                at=now,
+            )
+            for event_id, message_id in named
+        )

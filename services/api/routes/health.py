@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
 from sqlalchemy import func, select, text
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from router.broker import admin_client, check_reachable
 from router.errors import BrokerUnavailable
-from router.store import DeadLetterRow, MemberDuplicateRow, OutboxRow
+from router.store import DeadLetterRow, MemberDuplicateRow, OutboxRow, Stage, TrailRow
 from services.api.problems import DEPENDENCY_NAMES, TITLES, problem, problem_responses
 from services.bootstrap import Jokko
 
@@ -98,8 +98,21 @@ class _StoreCollector(Collector):
             "(flagged: routed; held: a dead letter).",
             labels=["action"],
         )
+        refused = CounterMetricFamily(
+            "jokko_receipts_refused",
+            "Institutions' answers whose signature was refused (never applied), by institution "
+            "and reason (bad_signature, unknown_key, stale_timestamp, replayed, missing_header, "
+            "unsigned, wrong_id): security events, each on the message's trail.",
+            labels=["institution", "reason"],
+        )
         try:
             with Session(self._jokko.engine) as s:
+                for inst, reason, n in s.execute(
+                    select(TrailRow.institution, TrailRow.detail, func.count())
+                    .where(TrailRow.stage == Stage.RECEIPT_REFUSED.value)
+                    .group_by(TrailRow.institution, TrailRow.detail)
+                ):
+                    refused.add_metric([inst or "", reason or ""], n)
                 for inst, state, n, _attempts in s.execute(
                     select(
                         OutboxRow.institution,
@@ -143,6 +156,7 @@ class _StoreCollector(Collector):
         yield dead
         yield dead_by_reason
         yield duplicates
+        yield refused
         lag = GaugeMetricFamily("jokko_router_consumer_lag", "Canonical records not yet routed.")
         value = router_lag(self._jokko)
         if value is not None:
