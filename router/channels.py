@@ -7,6 +7,7 @@ once one of a member's messages fails, its later ones are not sent and are repor
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 import threading
@@ -33,7 +34,15 @@ from adapters.base import (
 from adapters.ipres import build_declaration_file
 from adapters.ipres import validate as validate_ipres
 from router.delivery import ChannelUnavailable, Delivery, Parcel, Result
-from router.signing import SIG_SUFFIX, SigningKey, sign_file, sign_push
+from router.msglog import Sent, v1a_signature
+from router.signing import (
+    KEY_ID_HEADER,
+    SIG_SUFFIX,
+    SIGNATURE_HEADER,
+    SigningKey,
+    sign_file,
+    sign_push,
+)
 
 ParseAck = Callable[[bytes], list[Ack]]
 EncodeBatch = Callable[[str, Sequence[tuple[str, bytes]]], bytes]
@@ -234,16 +243,22 @@ class HttpChannel:
         assert self._encode_batch is not None  # checked in __init__
         batch_id = str(uuid.uuid4())  # never re-used: a fresh id needs no timestamp bookkeeping
         body = self._encode_batch(batch_id, [(p.message_id, p.body) for p in chunk])
-        answer = self._post(batch_id, body, chunk[0].content_type, int(self._clock()))
+        carried = tuple(p.message_id for p in chunk)
+        answer, sent = self._post(
+            batch_id, body, chunk[0].content_type, int(self._clock()), carried
+        )
         if isinstance(answer, str):
             return {
-                p.message_id: Delivery(p.message_id, Result.FAILED, reason_text=answer)
+                p.message_id: Delivery(p.message_id, Result.FAILED, reason_text=answer, sent=sent)
                 for p in chunk
             }
         by_message: dict[str, list[Ack]] = {}
         for a in answer:
             by_message.setdefault(a.message_id, []).append(a)
-        return {p.message_id: self._decided(p, by_message.get(p.message_id, [])) for p in chunk}
+        return {
+            p.message_id: replace(self._decided(p, by_message.get(p.message_id, [])), sent=sent)
+            for p in chunk
+        }
 
     def _send_member(self, parcels: list[Parcel]) -> dict[str, Delivery]:
         out: dict[str, Delivery] = {}
@@ -273,32 +288,53 @@ class HttpChannel:
             return ts
 
     def _post(
-        self, signed_id: str, body: bytes, content_type: str, timestamp: int
-    ) -> list[Ack] | str:
-        """The answer's acks, or why the request failed (transient, whatever it
-        held). ``signed_id`` is the message's id, or a batch's."""
+        self,
+        signed_id: str,
+        body: bytes,
+        content_type: str,
+        timestamp: int,
+        carried: tuple[str, ...],
+    ) -> tuple[list[Ack] | str, Sent]:
+        """The answer's acks, or why the request failed (transient, whatever it held), and
+        what the message log keeps of the request. ``signed_id`` is the message's id, or a
+        batch's; ``carried`` the messages in it."""
         headers = sign_push(
             signed_id, body, timestamp=timestamp, key=self._signing_key, secret=self._secret
         )
         headers["content-type"] = content_type
+        sent = Sent(
+            signed_id,
+            carried,
+            timestamp,
+            hashlib.sha256(body).hexdigest(),
+            headers.get(KEY_ID_HEADER),
+            v1a_signature(headers[SIGNATURE_HEADER]),
+            None,
+        )
         try:
             with self._lock:
                 self.requests += 1
             response = self._client.post(self._url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            return transport_failure(exc)
+            return transport_failure(exc), sent
+        sent = replace(sent, status=response.status_code)
         if response.status_code >= 500 or response.status_code in (401, 403, 408, 429):
-            return f"HTTP {response.status_code}"
+            return f"HTTP {response.status_code}", sent
         try:
-            return self._parse_ack(response.content)  # pure adapters; CSS keeps lxml per thread
+            # pure adapters; CSS keeps lxml per thread
+            return self._parse_ack(response.content), sent
         except MalformedAck as exc:
-            return f"HTTP {response.status_code}, unreadable answer: {exc}"
+            return f"HTTP {response.status_code}, unreadable answer: {exc}", sent
 
     def _send(self, p: Parcel) -> Delivery:
-        answer = self._post(p.message_id, p.body, p.content_type, self._timestamp(p.message_id))
+        answer, sent = self._post(
+            p.message_id, p.body, p.content_type, self._timestamp(p.message_id), (p.message_id,)
+        )
         if isinstance(answer, str):
-            return Delivery(p.message_id, Result.FAILED, reason_text=answer)
-        return self._decided(p, [a for a in answer if a.message_id == p.message_id])
+            return Delivery(p.message_id, Result.FAILED, reason_text=answer, sent=sent)
+        return replace(
+            self._decided(p, [a for a in answer if a.message_id == p.message_id]), sent=sent
+        )
 
     def _decided(self, p: Parcel, acks: list[Ack]) -> Delivery:
         if not acks:

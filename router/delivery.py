@@ -33,8 +33,10 @@ from sqlalchemy.orm import Session
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from adapters.base import Institution
+from router import msglog
 from router.acks import Decision, DecisionsUnpublished, adjudication_events
 from router.bulk import TRAIL, TRAIL_COLUMNS, copy_rows, update_rows
+from router.msglog import Sent
 from router.sealing import member_keys, open_body
 from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, utcnow
 from router.vault import SealError, Vault
@@ -107,6 +109,9 @@ class Delivery:
     """CMU's decision, when its answer carried one (HTTP push): a ``claim.adjudicated``."""
     decided_at: datetime | None = None
     """When CMU decided, from its answer (``Ack.decided_at``)."""
+    sent: Sent | None = None
+    """The request that carried it (a push, or a batch shared with others), for the message
+    log; None when nothing was sent (held back, unreadable) or the channel logs nothing."""
 
 
 class ChannelUnavailable(JokkoError):
@@ -417,6 +422,7 @@ class DeliveryWorker:
         if dead:
             conn.execute(insert(DEAD), dead)
         copy_rows(conn, TRAIL.name, TRAIL_COLUMNS, failed_trail + trail)
+        msglog.append(conn, _requests(reports), institution=self._institution, at=now)
         self._publish_decisions(session, decided, now)
         self.delivered += len(trail)
         return len(trail)
@@ -489,3 +495,16 @@ class _BatchFailed(Exception):
 def _trail_row(row: OutboxRow, stage: Stage, at: datetime, detail: str | None) -> tuple[Any, ...]:
     """A trail row in ``TRAIL_COLUMNS`` order."""
     return (row.event_id, stage.value, row.institution, row.message_id, detail, at)
+
+
+def _requests(reports: Sequence[Delivery]) -> list[tuple[Sent, dict[str, str]]]:
+    """Each request sent once (a batch's is shared by its messages), in the order sent,
+    with what its answer said per message."""
+    requests: dict[int, tuple[Sent, dict[str, str]]] = {}
+    for d in reports:
+        if d.sent is None:
+            continue
+        _, outcome = requests.setdefault(id(d.sent), (d.sent, {}))
+        why = d.reason_code or (d.reason_text if d.result == Result.FAILED else None)
+        outcome[d.message_id] = f"{d.result.value}: {why}" if why else d.result.value
+    return list(requests.values())
