@@ -161,17 +161,13 @@ def bundle(
     """The evidence about ``message_id``: its last logged request, the rows from it to the
     head, the body (None once erased, or for a batch whose envelope is only digested), the
     public key that signed and the receipt."""
-    # a single push by its index; a batch's messages only by a scan of the ids they carried
-    found = conn.execute(
-        select(LOG).where(LOG.c.signed_id == message_id).order_by(LOG.c.id.desc()).limit(1)
-    ).first()
-    if found is None:
-        carried = conn.execute(
-            select(LOG)
-            .where(LOG.c.message_ids.contains(json.dumps(message_id)))
-            .order_by(LOG.c.id.desc())
-        ).all()
-        found = next((r for r in carried if message_id in json.loads(r.message_ids)), None)
+    # the last request that carried it, a single push (signed with its id) or a batch
+    carried = conn.execute(
+        select(LOG)
+        .where(LOG.c.message_ids.contains(json.dumps(message_id)))
+        .order_by(LOG.c.id.desc())
+    ).all()
+    found = next((r for r in carried if message_id in json.loads(r.message_ids)), None)
     if found is None:
         raise NoEvidence(f"no request carrying message {message_id} is in the message log")
     chain = conn.execute(select(LOG).where(LOG.c.id > found.id).order_by(LOG.c.id)).all()
