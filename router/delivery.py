@@ -422,8 +422,10 @@ class DeliveryWorker:
         if dead:
             conn.execute(insert(DEAD), dead)
         copy_rows(conn, TRAIL.name, TRAIL_COLUMNS, failed_trail + trail)
-        msglog.append(conn, _requests(reports), institution=self._institution, at=now)
         self._publish_decisions(session, decided, now)
+        # last, so the message log's lock (one chain for every institution) is held only
+        # for the append and the commit, never while decisions are published
+        msglog.append(conn, _requests(reports), institution=self._institution, at=now)
         self.delivered += len(trail)
         return len(trail)
 

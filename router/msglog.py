@@ -35,10 +35,11 @@ from sqlalchemy import Connection, Engine, MetaData, Table, insert, inspect, sel
 from router.audit import GENESIS, link, serialise
 from router.sealing import member_keys, open_body
 from router.signing import MessageKeys
-from router.store import MessageLogRow, OutboxRow
+from router.store import MessageLogIndexRow, MessageLogRow, OutboxRow
 from router.vault import SealError, Vault
 
 LOG: Table = MessageLogRow.__table__  # type: ignore[assignment]
+INDEX: Table = MessageLogIndexRow.__table__  # type: ignore[assignment]
 
 FORMAT = "jokko-evidence/1"
 FIELDS = (
@@ -124,6 +125,14 @@ def append(
         values.append({**row, "sent_at": at, "prev_hash": prev_hash, "row_hash": row_hash})
         prev_hash = row_hash
     conn.execute(insert(LOG), values)
+    conn.execute(
+        insert(INDEX),
+        [
+            {"message_id": m, "log_id": v["id"]}
+            for v, (s, _) in zip(values, sent, strict=True)
+            for m in s.message_ids
+        ],
+    )
 
 
 class NoEvidence(LookupError):
@@ -162,12 +171,14 @@ def bundle(
     head, the body (None once erased, or for a batch whose envelope is only digested), the
     public key that signed and the receipt."""
     # the last request that carried it, a single push (signed with its id) or a batch
-    carried = conn.execute(
-        select(LOG)
-        .where(LOG.c.message_ids.contains(json.dumps(message_id)))
-        .order_by(LOG.c.id.desc())
-    ).all()
-    found = next((r for r in carried if message_id in json.loads(r.message_ids)), None)
+    last = (
+        select(INDEX.c.log_id)
+        .where(INDEX.c.message_id == message_id)
+        .order_by(INDEX.c.log_id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    found = conn.execute(select(LOG).where(LOG.c.id == last)).first()
     if found is None:
         raise NoEvidence(f"no request carrying message {message_id} is in the message log")
     chain = conn.execute(select(LOG).where(LOG.c.id > found.id).order_by(LOG.c.id)).all()

@@ -376,6 +376,18 @@ class MessageLogRow(Base):
     row_hash: Mapped[str] = mapped_column(String(64))
 
 
+class MessageLogIndexRow(Base):
+    """Which ``message_log`` rows carried a message: a lookup, not evidence (the chained row's
+    ``message_ids`` is what a bundle is checked against)."""
+
+    __tablename__ = "message_log_index"
+
+    message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    log_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True
+    )
+
+
 class ReconciliationRunRow(Base):
     """One reconciliation run: what was compared, by whom, and its totals (kept, audited)."""
 

@@ -41,6 +41,11 @@ def upgrade() -> None:
         sa.Column("row_hash", sa.String(length=64), nullable=False),
     )
     op.create_index("ix_message_log_signed_id", "message_log", ["signed_id"])
+    op.create_table(
+        "message_log_index",
+        sa.Column("message_id", sa.String(length=64), primary_key=True),
+        sa.Column("log_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    )
     op.create_index("ix_message_log_prev_hash", "message_log", ["prev_hash"], unique=True)
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
@@ -63,4 +68,5 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER message_log_append_only ON message_log")
         op.execute("DROP FUNCTION message_log_append_only()")
+    op.drop_table("message_log_index")
     op.drop_table("message_log")
