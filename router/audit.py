@@ -41,7 +41,7 @@ AUDIT: Table = AuditRow.__table__  # type: ignore[assignment]
 GENESIS = "0" * 64
 """The ``prev_hash`` of the first row."""
 
-_PG_LOCK = text("SELECT pg_advisory_xact_lock(CAST(CAST('audit_log' AS regclass) AS oid)::bigint)")
+_PG_LOCK = "SELECT pg_advisory_xact_lock(CAST(CAST('{table}' AS regclass) AS oid)::bigint)"
 
 
 @dataclass(frozen=True)
@@ -64,15 +64,21 @@ def canonical(entry: AuditEntry) -> bytes:
     return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def link(prev_hash: str, encoded: bytes) -> str:
+    """``sha256(prev_hash || encoded)``, hex: how every hash chain of Jokko links a row (the
+    audit log, the message log ``router.msglog``)."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + encoded).hexdigest()
+
+
 def chain_hash(prev_hash: str, entry: AuditEntry) -> str:
     """``sha256(prev_hash || canonical(entry))``, hex: the row's place in the chain."""
-    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical(entry)).hexdigest()
+    return link(prev_hash, canonical(entry))
 
 
-def _serialise(conn: Connection) -> None:
-    """Hold the chain's write lock until the caller's transaction ends."""
+def serialise(conn: Connection, table: str = "audit_log") -> None:
+    """Hold ``table``'s chain write lock until the caller's transaction ends."""
     if conn.dialect.name == "postgresql":
-        conn.execute(_PG_LOCK)
+        conn.execute(text(_PG_LOCK.format(table=table)))
     # pysqlite opens a transaction only at the first INSERT/UPDATE/DELETE, so a transaction
     # already open has written and holds SQLite's one write lock; otherwise take it now,
     # before the head is read, or two writers could both read the same head.
@@ -95,7 +101,7 @@ def append(
     """Add one row at the head of the chain in ``session``'s transaction (the caller commits);
     returns its hash. Never give it personal values: ids and what happened only."""
     conn = session.connection()
-    _serialise(conn)
+    serialise(conn)
     head = conn.execute(
         select(AUDIT.c.id, AUDIT.c.row_hash).order_by(AUDIT.c.id.desc()).limit(1)
     ).first()

@@ -7,6 +7,7 @@ once one of a member's messages fails, its later ones are not sent and are repor
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 import threading
@@ -33,6 +34,7 @@ from adapters.base import (
 from adapters.ipres import build_declaration_file
 from adapters.ipres import validate as validate_ipres
 from router.delivery import ChannelUnavailable, Delivery, Parcel, Receipt, Result
+from router.msglog import Sent, v1a_signature
 from router.signing import (
     ID_HEADER,
     KEY_ID_HEADER,
@@ -276,14 +278,19 @@ class HttpChannel:
         assert self._encode_batch is not None  # checked in __init__
         batch_id = str(uuid.uuid4())  # never re-used: a fresh id needs no timestamp bookkeeping
         body = self._encode_batch(batch_id, [(p.message_id, p.body) for p in chunk])
-        answer = self._post(batch_id, body, chunk[0].content_type, int(self._clock()))
+        carried = tuple(p.message_id for p in chunk)
+        answer, sent = self._post(
+            batch_id, body, chunk[0].content_type, int(self._clock()), carried
+        )
         if isinstance(answer, Failure):
-            return {p.message_id: answer.delivery(p.message_id) for p in chunk}
+            return {p.message_id: replace(answer.delivery(p.message_id), sent=sent) for p in chunk}
         by_message: dict[str, list[Ack]] = {}
         for a in answer.acks:
             by_message.setdefault(a.message_id, []).append(a)
         return {
-            p.message_id: self._decided(p, by_message.get(p.message_id, []), answer.receipt)
+            p.message_id: replace(
+                self._decided(p, by_message.get(p.message_id, []), answer.receipt), sent=sent
+            )
             for p in chunk
         }
 
@@ -315,30 +322,46 @@ class HttpChannel:
             return ts
 
     def _post(
-        self, signed_id: str, body: bytes, content_type: str, timestamp: int
-    ) -> _Answer | Failure:
+        self,
+        signed_id: str,
+        body: bytes,
+        content_type: str,
+        timestamp: int,
+        carried: tuple[str, ...],
+    ) -> tuple[_Answer | Failure, Sent]:
         """The answer's acks (and its receipt), or why the request failed (transient,
-        whatever it held). ``signed_id`` is the message's id, or a batch's."""
+        whatever it held), and what the message log keeps of the request. ``signed_id`` is
+        the message's id, or a batch's; ``carried`` the messages in it."""
         headers = sign_push(
             signed_id, body, timestamp=timestamp, key=self._signing_key, secret=self._secret
         )
         headers["content-type"] = content_type
+        sent = Sent(
+            signed_id,
+            carried,
+            timestamp,
+            hashlib.sha256(body).hexdigest(),
+            headers.get(KEY_ID_HEADER),
+            v1a_signature(headers[SIGNATURE_HEADER]),
+            None,
+        )
         try:
             with self._lock:
                 self.requests += 1
             response = self._client.post(self._url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            return Failure(transport_failure(exc))
+            return Failure(transport_failure(exc)), sent
+        sent = replace(sent, status=response.status_code)
         if response.status_code >= 500 or response.status_code in (401, 403, 408, 429):
-            return Failure(f"HTTP {response.status_code}")
+            return Failure(f"HTTP {response.status_code}"), sent
         receipt = self._receipt(signed_id, response)
         if isinstance(receipt, Failure):
-            return receipt
+            return receipt, sent
         try:
             # pure adapters; CSS keeps lxml per thread
-            return _Answer(self._parse_ack(response.content), receipt)
+            return _Answer(self._parse_ack(response.content), receipt), sent
         except MalformedAck as exc:
-            return Failure(f"HTTP {response.status_code}, unreadable answer: {exc}")
+            return Failure(f"HTTP {response.status_code}, unreadable answer: {exc}"), sent
 
     def _receipt(self, signed_id: str, response: httpx.Response) -> Receipt | Failure | None:
         """The answer's verified signature, None for an unsigned answer that may be applied,
@@ -354,11 +377,13 @@ class HttpChannel:
         )
 
     def _send(self, p: Parcel) -> Delivery:
-        answer = self._post(p.message_id, p.body, p.content_type, self._timestamp(p.message_id))
+        answer, sent = self._post(
+            p.message_id, p.body, p.content_type, self._timestamp(p.message_id), (p.message_id,)
+        )
         if isinstance(answer, Failure):
-            return answer.delivery(p.message_id)
+            return replace(answer.delivery(p.message_id), sent=sent)
         acks = [a for a in answer.acks if a.message_id == p.message_id]
-        return self._decided(p, acks, answer.receipt)
+        return replace(self._decided(p, acks, answer.receipt), sent=sent)
 
     def _decided(self, p: Parcel, acks: list[Ack], receipt: Receipt | None = None) -> Delivery:
         if not acks:

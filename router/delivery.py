@@ -34,8 +34,10 @@ from sqlalchemy.orm import Session
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from adapters.base import Institution
+from router import msglog
 from router.acks import Decision, DecisionsUnpublished, adjudication_events
 from router.bulk import TRAIL, TRAIL_COLUMNS, copy_rows, update_rows
+from router.msglog import Sent
 from router.sealing import member_keys, open_body
 from router.store import DeadLetterRow, DeliveryState, OutboxRow, ReceiptRow, Stage, utcnow
 from router.vault import SealError, Vault
@@ -114,6 +116,9 @@ class Delivery:
     receipt_refused: str | None = None
     """Why the answer's signature was refused (``router.signing.Reason`` or ``unsigned``,
     ``wrong_id``): the answer is not applied, the message is retried."""
+    sent: Sent | None = None
+    """The request that carried it (a push, or a batch shared with others), for the message
+    log; None when nothing was sent (held back, unreadable) or the channel logs nothing."""
 
 
 @dataclass(frozen=True)
@@ -451,6 +456,9 @@ class DeliveryWorker:
             conn.execute(insert(RECEIPT), receipts)
         copy_rows(conn, TRAIL.name, TRAIL_COLUMNS, failed_trail + trail)
         self._publish_decisions(session, decided, now)
+        # last, so the message log's lock (one chain for every institution) is held only
+        # for the append and the commit, never while decisions are published
+        msglog.append(conn, _requests(reports), institution=self._institution, at=now)
         self.delivered += len(trail)
         return len(trail)
 
@@ -535,3 +543,16 @@ class _BatchFailed(Exception):
 def _trail_row(row: OutboxRow, stage: Stage, at: datetime, detail: str | None) -> tuple[Any, ...]:
     """A trail row in ``TRAIL_COLUMNS`` order."""
     return (row.event_id, stage.value, row.institution, row.message_id, detail, at)
+
+
+def _requests(reports: Sequence[Delivery]) -> list[tuple[Sent, dict[str, str]]]:
+    """Each request sent once (a batch's is shared by its messages), in the order sent,
+    with what its answer said per message."""
+    requests: dict[int, tuple[Sent, dict[str, str]]] = {}
+    for d in reports:
+        if d.sent is None:
+            continue
+        _, outcome = requests.setdefault(id(d.sent), (d.sent, {}))
+        why = d.reason_code or (d.reason_text if d.result == Result.FAILED else None)
+        outcome[d.message_id] = f"{d.result.value}: {why}" if why else d.result.value
+    return list(requests.values())

@@ -371,6 +371,46 @@ class AuditRow(Base):
     row_hash: Mapped[str] = mapped_column(String(64))
 
 
+class MessageLogRow(Base):
+    """One request Jokko sent an institution (a push, or a batch with the messages it carried):
+    the digest of the exact bytes, Jokko's signature, the answer. Append-only and hash-chained
+    like the audit log: written by ``router.msglog.append`` alone (migration 0010)."""
+
+    __tablename__ = "message_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    institution: Mapped[str] = mapped_column(String(16))
+    signed_id: Mapped[str] = mapped_column(String(64), index=True)
+    """``webhook-id``: the message's id, or the batch's."""
+    message_ids: Mapped[str] = mapped_column(Text)
+    """The messages the request carried, a JSON array (one for a single push)."""
+    timestamp: Mapped[int] = mapped_column(BigInteger())
+    """``webhook-timestamp`` (unix seconds): part of what was signed."""
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(64))
+    signature: Mapped[str | None] = mapped_column(Text)
+    """The ``v1a`` Ed25519 signature (base64) over ``{signed_id}.{timestamp}.{body}``."""
+    status: Mapped[int | None] = mapped_column(Integer)
+    """The HTTP status of the answer; None when none came (connection failed)."""
+    outcome: Mapped[str] = mapped_column(Text)
+    """What the answer said per message, a JSON object (or why the request failed)."""
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class MessageLogIndexRow(Base):
+    """Which ``message_log`` rows carried a message: a lookup, not evidence (the chained row's
+    ``message_ids`` is what a bundle is checked against)."""
+
+    __tablename__ = "message_log_index"
+
+    message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    log_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True
+    )
+
+
 class ReconciliationRunRow(Base):
     """One reconciliation run: what was compared, by whom, and its totals (kept, audited)."""
 

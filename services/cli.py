@@ -436,6 +436,71 @@ def audit_verify(
         typer.echo(f"head: row {verdict.head_id} {verdict.head_hash}")
 
 
+@app.command("evidence")
+def evidence(
+    target: Annotated[
+        list[str],
+        typer.Argument(
+            help="MESSAGE_ID: write its evidence bundle; or 'verify BUNDLE': check one offline.",
+            metavar="MESSAGE_ID | verify BUNDLE",
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the bundle (default: standard output).")
+    ] = None,
+) -> None:
+    """Proof of delivery: `jokko evidence MESSAGE_ID` writes the message's evidence bundle
+    (its bytes, Jokko's signature and public key, its message-log row and the chain to the
+    head, the receipt); `jokko evidence verify BUNDLE` checks one offline, exit 1 naming what
+    fails."""
+    import json
+
+    from router import msglog
+
+    if target[0] == "verify":
+        if len(target) != 2:
+            Console(stderr=True).print("[red]error:[/] usage: jokko evidence verify BUNDLE")
+            raise typer.Exit(2)
+        try:
+            doc = json.loads(Path(target[1]).read_bytes())
+        except (OSError, ValueError) as exc:
+            typer.echo(f"evidence bundle unreadable: {exc}", err=True)
+            raise typer.Exit(1) from None
+        problems = msglog.check(doc) if isinstance(doc, dict) else ["bundle: not a JSON object"]
+        if problems:
+            for p in problems:
+                typer.echo(f"evidence fails: {p}", err=True)
+            raise typer.Exit(1)
+        body = "body, digest, signature" if doc["message"]["body"] else "digest only"
+        head = ([doc["log_row"], *doc["chain"]])[-1]
+        typer.echo(
+            f"evidence verified: message {doc['message_id']} ({body}), "
+            f"{1 + len(doc['chain'])} chain rows to head row {head['id']} {head['row_hash']}"
+        )
+        return
+    if len(target) != 1:
+        Console(stderr=True).print("[red]error:[/] one MESSAGE_ID")
+        raise typer.Exit(2)
+    try:
+        app_ = bootstrap(load_settings(), kafka=False)
+    except JokkoError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        doc = msglog.evidence(app_.engine, app_.vault, app_.message_keys, target[0])
+    except msglog.NoEvidence as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        app_.engine.dispose()
+    text = json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        Console(stderr=True).print(f"evidence bundle for {target[0]} written to {out}")
+
+
 contracts_app = typer.Typer(no_args_is_help=True, help="API and stream contracts (openapi/).")
 app.add_typer(contracts_app, name="contracts")
 DEFAULT_CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "openapi"
