@@ -153,6 +153,7 @@ class Jokko:
 
     def relay(self, *, with_acks: bool = True) -> Relay:
         s = self.settings
+        topic_keys = self.topic_keys()  # first: a missing key stops the relay before it connects
         producer = idempotent_producer(s.kafka_bootstrap, client_id="jokko-relay", max_block_s=10)
         return Relay(
             self.engine,
@@ -163,18 +164,26 @@ class Jokko:
             channels=self.channels(),
             intake=self.ack_intake(producer) if with_acks else (),
             vault=self.vault,
-            topic_keys=self.topic_keys(),
+            topic_keys=topic_keys,
         )
 
     def topic_keys(self) -> dict[Institution, KeySet]:
-        """The topic key of each institution that reads its Kafka topic and has one; the
-        others' messages go on their topic in clear, which the log says at start."""
+        """The topic key of each institution that reads its Kafka topic. One without a key
+        stops the relay at start, unless its ``allow_clear_topic`` says its topic may carry
+        its messages in clear (which the log then says)."""
         keys: dict[Institution, KeySet] = {}
         for inst in Institution:
             p = self.partner(inst)
             if p.mode != DeliveryMode.KAFKA:
                 continue
             if p.topic_key_file is None:
+                if not p.allow_clear_topic:
+                    name = f"JOKKO_{inst.value.upper()}__TOPIC_KEY_FILE"
+                    raise InvalidSettings(
+                        f"{name}: mode kafka publishes personal data on the institution's topic:"
+                        " give its topic key (jokko keys topic), or set"
+                        f" JOKKO_{inst.value.upper()}__ALLOW_CLEAR_TOPIC=true for a test broker"
+                    )
                 log.warning("%s: no topic_key_file, its topic carries its messages in clear", inst)
                 continue
             keys[inst] = keyring.load_topic_key(p.topic_key_file)

@@ -109,8 +109,13 @@ class PartnerSettings(BaseModel):
     """Refuse an answer that carries no valid signature (never applied, retried); off, an
     unsigned answer is applied as before, and a signed one must still be valid."""
     topic_key_file: Path | None = None
-    """Mode kafka: the key file (``jokko keys topic-key``) sealing this institution's topic,
-    held by Jokko and that institution only; without one its messages go on it in clear."""
+    """Mode kafka: the key file (``jokko keys topic INST``) sealing this institution's topic,
+    held by Jokko and that institution only. Without one the relay does not start, unless
+    ``allow_clear_topic``."""
+    allow_clear_topic: bool = False
+    """Mode kafka without ``topic_key_file``: let this institution's messages go on its topic
+    in clear (a test broker on this machine). Off, as production leaves it: the relay refuses
+    to start rather than publish personal data in clear by mistake."""
 
     @model_validator(mode="after")
     def _complete_for_its_mode(self) -> PartnerSettings:

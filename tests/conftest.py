@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
+from adapters.base import Institution
 from router.broker import TopicSpec, ensure_topics, wait_until_ready
 from router.db import make_engine
 from services.settings import Settings, load_settings
@@ -103,6 +104,9 @@ def jokko_settings(
             "canonical_topic": f"{prefix}jokko.events.v1",
             "topic_prefix": prefix,
             "router_group": f"{prefix}router",
+            # Institutions left in the default mode (kafka) read a test broker: their topics
+            # may carry messages in clear (tests/integration/test_topic_sealing.py seals them).
+            **{inst.value: {"allow_clear_topic": True} for inst in Institution},
             **overrides,
         }
         return load_settings(**values)

@@ -361,14 +361,16 @@ def test_duplicate_and_unknown_acks_are_harmless_and_recorded(
 
 
 def test_kafka_mode_acks_come_back_on_the_ack_topic(
-    start: Callable[..., Run], partners: Partners
+    start: Callable[..., Run], partners: Partners, tmp_path: Path
 ) -> None:
     """CMU reads jokko.out.cmu.v1 and answers (twice each) on jokko.acks.cmu.v1."""
     partners.cmu.faults.reject_members = {"MSNAS-TH-000001"}
     # The bridge from CMU's topic consumer to its backend is inside CMU: it signs with a
     # secret of CMU's own, not with Jokko's key (Jokko's records on the topic are unsigned).
     partners.cmu.verifier = Verifier([SECRETS[Institution.CMU]])
-    run = start(activity(members=5, months=2), cmu={"mode": "kafka"})
+    key_file = tmp_path / "cmu-topic-key.json"
+    keyring.topic_key(key_file, Institution.CMU.value)
+    run = start(activity(members=5, months=2), cmu={"mode": "kafka", "topic_key_file": key_file})
     url = partners.settings["cmu"]["url"]  # type: ignore[index]
     with KafkaPartner(
         run.app.settings.kafka_bootstrap,
@@ -378,6 +380,7 @@ def test_kafka_mode_acks_come_back_on_the_ack_topic(
         SECRETS[Institution.CMU],
         duplicate_acks=True,
         tls=tls_context(partners.pki.ca, partners.pki.client.cert, partners.pki.client.key),
+        topic_key=keyring.load_topic_key(key_file),
     ) as partner:
         run.wait(lambda: run.unfinished() == 0, 90, "every CMU ack")
     cmu = [r for r in run.rows() if r.institution == "cmu"]

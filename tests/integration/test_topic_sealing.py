@@ -36,7 +36,7 @@ from services.api.app import create_app
 from services.api.security import Scope
 from services.bootstrap import Jokko, bootstrap
 from services.demo_data import generate_month
-from services.settings import Settings
+from services.settings import InvalidSettings, Settings
 from tests.fakes.cmu import FakeCMU
 from tests.fakes.faults import Faults
 from tests.fakes.kafka_partner import KafkaPartner
@@ -347,3 +347,22 @@ def test_records_that_do_not_open_are_dead_letters_and_the_partition_goes_on(
             assert s.scalar(select(func.count()).select_from(DeadLetterRow)) == 3
     finally:
         jokko.engine.dispose()
+
+
+def test_the_relay_refuses_to_start_for_an_institution_in_kafka_mode_without_its_topic_key(
+    jokko_settings: Callable[..., Settings],
+) -> None:
+    """Personal data never goes on a topic in clear by omission: the variable is named, and
+    only ``allow_clear_topic`` (a test broker) lets it through."""
+    keyless = jokko_settings(css={"mode": "kafka"})
+    jokko = bootstrap(keyless)
+    try:
+        with pytest.raises(InvalidSettings, match="JOKKO_CSS__TOPIC_KEY_FILE"):
+            jokko.relay()
+    finally:
+        jokko.engine.dispose()
+    allowed = bootstrap(jokko_settings(css={"mode": "kafka", "allow_clear_topic": True}))
+    try:
+        assert Institution.CSS not in allowed.topic_keys()
+    finally:
+        allowed.engine.dispose()
