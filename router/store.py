@@ -395,6 +395,9 @@ class MessageLogRow(Base):
     """The HTTP status of the answer; None when none came (connection failed)."""
     outcome: Mapped[str] = mapped_column(Text)
     """What the answer said per message, a JSON object (or why the request failed)."""
+    detail: Mapped[str | None] = mapped_column(Text)
+    """How a batch, a declaration file or a Kafka record carried its messages, a JSON object
+    (``router.msglog``); None for a single HTTP push (migration 0012)."""
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     row_hash: Mapped[str] = mapped_column(String(64))
 
