@@ -372,7 +372,8 @@ class AuditRow(Base):
 
 
 class MessageLogRow(Base):
-    """One request Jokko sent an institution (a push, or a batch with the messages it carried):
+    """One thing Jokko sent an institution (a push, a batch, a declaration file with the
+    messages it carried, or a Kafka record):
     the digest of the exact bytes, Jokko's signature, the answer. Append-only and hash-chained
     like the audit log: written by ``router.msglog.append`` alone (migration 0010)."""
 
@@ -390,7 +391,8 @@ class MessageLogRow(Base):
     body_sha256: Mapped[str] = mapped_column(String(64))
     key_id: Mapped[str | None] = mapped_column(String(64))
     signature: Mapped[str | None] = mapped_column(Text)
-    """The ``v1a`` Ed25519 signature (base64) over ``{signed_id}.{timestamp}.{body}``."""
+    """Jokko's Ed25519 signature (base64): ``v1a`` over ``{signed_id}.{timestamp}.{body}``,
+    or over a declaration file's bytes alone (``detail.kind == "file"``)."""
     status: Mapped[int | None] = mapped_column(Integer)
     """The HTTP status of the answer; None when none came (connection failed)."""
     outcome: Mapped[str] = mapped_column(Text)
