@@ -14,21 +14,22 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import cryptography
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from adapters.base import Institution
 from router.audit import GENESIS
-from router.msglog import check
-from router.store import DeliveryState, MessageLogRow
+from router.msglog import Sent, append, check
+from router.store import DeliveryState, MessageLogRow, utcnow
 from services import keyring
 from services.bootstrap import bootstrap
 from services.cli import app as cli
@@ -40,6 +41,7 @@ from tests.fakes.faults import Faults
 from tests.fakes.ipres import FakeIPRES
 from tests.fakes.kafka_partner import KafkaPartner
 from tests.fakes.server import serve
+from tests.integration.test_audit import database_url
 from tests.integration.test_partners import SECRETS
 from tests.integration.test_signed_messages import (
     FAST_RETRIES,
@@ -413,3 +415,50 @@ def test_batches_files_and_kafka_records_verify_offline_and_fail_after_one_chang
             checked = runner.invoke(cli, ["evidence", "verify", str(alone)])
             assert checked.exit_code == 0, checked.output
             assert "digests only" in checked.output
+
+
+def test_jokko_evidence_verify_log_names_the_first_row_at_fault(
+    store: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pushes and records side by side; a row cut off the end is caught with a published
+    head, an edited row (its hash left as it was) by its hash."""
+    for i in range(1, 6):
+        detail = {"kind": "kafka", "topic": "jokko.out.css.v1", "sealed": None} if i % 2 else None
+        sent = Sent(f"m-{i}", (f"m-{i}",), 1_765_000_000 + i, "ab" * 32, "k", "c2ln", None, detail)
+        with store.begin() as conn:
+            append(conn, [(sent, {f"m-{i}": "sent"})], institution="css", at=utcnow())
+    monkeypatch.setenv("JOKKO_DATABASE_URL", database_url(store))
+    runner = CliRunner()
+    intact = runner.invoke(cli, ["evidence", "verify-log"])
+    assert intact.exit_code == 0, intact.output
+    assert "message log intact: 5 rows checked" in intact.stdout
+    with Session(store) as s:
+        head = s.scalars(select(MessageLogRow.row_hash).where(MessageLogRow.id == 5)).one()
+    assert f"head: row 5 {head}" in intact.stdout
+    recent = runner.invoke(cli, ["evidence", "verify-log", "--since", "2000-01-01T00:00:00"])
+    assert "5 rows checked" in recent.stdout
+
+    with _unguarded(store) as conn:
+        conn.execute(text("DELETE FROM message_log WHERE id = 5"))
+    cut = runner.invoke(cli, ["evidence", "verify-log", "--head", head])
+    assert cut.exit_code == 1
+    assert "rows were cut off its end" in cut.stderr
+    with _unguarded(store) as conn:
+        conn.execute(text("UPDATE message_log SET outcome = '{}' WHERE id = 3"))
+    broken = runner.invoke(cli, ["evidence", "verify-log"])
+    assert broken.exit_code == 1
+    assert "message log broken (2 rows good): row 3 was altered" in broken.stderr
+
+
+@contextmanager
+def _unguarded(engine: Engine) -> Iterator[Connection]:
+    """The append-only triggers out of the way, as someone with DDL rights has them."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE message_log DISABLE TRIGGER message_log_append_only"))
+        else:
+            conn.execute(text("DROP TRIGGER IF EXISTS message_log_no_update"))
+            conn.execute(text("DROP TRIGGER IF EXISTS message_log_no_delete"))
+        yield conn
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE message_log ENABLE TRIGGER message_log_append_only"))
