@@ -8,6 +8,7 @@ once one of a member's messages fails, its later ones are not sent and are repor
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import ssl
 import threading
@@ -34,7 +35,7 @@ from adapters.base import (
 from adapters.ipres import build_declaration_file
 from adapters.ipres import validate as validate_ipres
 from router.delivery import ChannelUnavailable, Delivery, Parcel, Receipt, Result
-from router.msglog import Sent, v1a_signature
+from router.msglog import Sent, carried_in, v1a_signature
 from router.signing import (
     ID_HEADER,
     KEY_ID_HEADER,
@@ -44,9 +45,12 @@ from router.signing import (
     JwksVerifier,
     SignatureRejected,
     SigningKey,
+    file_signature,
     sign_file,
     sign_push,
 )
+
+log = logging.getLogger(__name__)
 
 ParseAck = Callable[[bytes], list[Ack]]
 EncodeBatch = Callable[[str, Sequence[tuple[str, bytes]]], bytes]
@@ -206,7 +210,11 @@ class HttpChannel:
         encode_batch: EncodeBatch | None = None,
         receipts: JwksVerifier | None = None,
         require_signed_acks: bool = False,
+        batch_part: Callable[[bytes], bytes] | None = None,
     ) -> None:
+        """``batch_part``: the bytes of a message its batch envelope holds (the adapter's
+        ``batch_part``; the whole body by default), located in the message log."""
+        self._batch_part = batch_part or (lambda body: body)
         if require_signed_acks and receipts is None:
             raise ValueError(f"signed acks from {institution} need its public keys")
         self._receipts = receipts
@@ -279,8 +287,15 @@ class HttpChannel:
         batch_id = str(uuid.uuid4())  # never re-used: a fresh id needs no timestamp bookkeeping
         body = self._encode_batch(batch_id, [(p.message_id, p.body) for p in chunk])
         carried = tuple(p.message_id for p in chunk)
+        try:
+            detail: Mapping[str, object] | None = carried_in(
+                "batch", body, [(p.message_id, p.body, self._batch_part(p.body)) for p in chunk]
+            )
+        except ValueError as exc:  # an envelope that is not its messages' bytes: digest only
+            log.warning("batch %s: its messages are not located in the log: %s", batch_id, exc)
+            detail = None
         answer, sent = self._post(
-            batch_id, body, chunk[0].content_type, int(self._clock()), carried
+            batch_id, body, chunk[0].content_type, int(self._clock()), carried, detail
         )
         if isinstance(answer, Failure):
             return {p.message_id: replace(answer.delivery(p.message_id), sent=sent) for p in chunk}
@@ -328,6 +343,7 @@ class HttpChannel:
         content_type: str,
         timestamp: int,
         carried: tuple[str, ...],
+        detail: Mapping[str, object] | None = None,
     ) -> tuple[_Answer | Failure, Sent]:
         """The answer's acks (and its receipt), or why the request failed (transient,
         whatever it held), and what the message log keeps of the request. ``signed_id`` is
@@ -344,6 +360,7 @@ class HttpChannel:
             headers.get(KEY_ID_HEADER),
             v1a_signature(headers[SIGNATURE_HEADER]),
             None,
+            detail,
         )
         try:
             with self._lock:
@@ -461,8 +478,10 @@ class FileChannel:
         institution: Institution = Institution.IPRES,
         today: Callable[[], date] = date.today,
         signing_key: SigningKey | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._signing_key = signing_key
+        self._clock = clock
         self._outbox = outbox
         self._institution = institution
         self._today = today
@@ -501,15 +520,30 @@ class FileChannel:
             return [refused[p.message_id] for p in parcels]
         content = build_declaration_file(messages, file_id=file_id, created=self._today())
         final = self._outbox / f"{file_id}.dat"
+        signed: str | None = None
         try:
             if self._signing_key is not None:
                 signature = sign_file(self._signing_key, content)
+                signed = file_signature(signature)
                 _write_then_rename(signature, final.with_name(final.name + SIG_SUFFIX))
             _write_then_rename(content, final)
         except OSError as exc:
             raise ChannelUnavailable(f"cannot write {final}: {exc}") from exc
+        sent = Sent(
+            final.name,
+            tuple(m.message_id for m in messages),
+            int(self._clock()),
+            hashlib.sha256(content).hexdigest(),
+            self._signing_key.kid if self._signing_key is not None else None,
+            signed,
+            None,
+            carried_in(
+                "file", content, [(m.message_id, m.body, m.body) for m in messages], file=final.name
+            ),
+        )
         return [
-            refused.get(p.message_id) or Delivery(p.message_id, Result.SENT, batch_ref=file_id)
+            refused.get(p.message_id)
+            or Delivery(p.message_id, Result.SENT, batch_ref=file_id, sent=sent)
             for p in parcels
         ]
 

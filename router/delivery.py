@@ -117,8 +117,8 @@ class Delivery:
     """Why the answer's signature was refused (``router.signing.Reason`` or ``unsigned``,
     ``wrong_id``): the answer is not applied, the message is retried."""
     sent: Sent | None = None
-    """The request that carried it (a push, or a batch shared with others), for the message
-    log; None when nothing was sent (held back, unreadable) or the channel logs nothing."""
+    """What carried it (a push, a Kafka record, or a batch or file shared with others), for
+    the message log; None when nothing was sent (held back, unreadable)."""
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,14 @@ def seal_for_institution(
     return sealed, (SEALED, keys.current.encode())
 
 
+def reseal_for_institution(
+    keys: KeySet, institution: str, message_id: str, body: bytes, kid: str, nonce: bytes
+) -> bytes:
+    """The exact value ``seal_for_institution`` produced from ``body`` under key ``kid`` with
+    ``nonce`` (as the message log recorded them): what Jokko signed, for an evidence bundle."""
+    return seal_under(keys, body, institution_aad(institution, message_id), kid=kid, nonce=nonce)
+
+
 def open_for_institution(keys: KeySet, institution: str, message_id: str, value: bytes) -> bytes:
     """What an institution does with a record of its topic (its fake consumer does this)."""
     if not is_sealed(value):

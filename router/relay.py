@@ -12,10 +12,14 @@ with SQLite (the embedded demo store) run a single relay.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from dataclasses import replace
+from typing import Any, Protocol
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -34,10 +38,12 @@ from router.delivery import (
     Result,
     RetryPolicy,
 )
-from router.envelope import seal_for_institution
+from router.envelope import SEALED, seal_for_institution
+from router.msglog import Sent, v1a_signature
+from router.signing import SIGNATURE_HEADER, SigningKey, sign_record
 from router.store import DeadLetterRow, DeliveryState, OutboxRow, utcnow
 from router.topics import Topics
-from router.vault import KeySet, Vault
+from router.vault import KeySet, Vault, sealed_nonce
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +61,18 @@ class KafkaChannel:
         *,
         timeout_s: float | None = None,
         key: KeySet | None = None,
+        signing_key: SigningKey | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``key``: the institution's topic key; each message is sealed under it
-        (``router.envelope``). None: messages go on the topic in clear."""
+        (``router.envelope``). None: messages go on the topic in clear.
+
+        ``signing_key``: each record's value, as produced (sealed or not), is signed as a
+        push is (``router.signing.sign_record``, in its headers), and each record handed to
+        the producer goes in the message log (``router.msglog``) with its topic, partition
+        and offset, in the transaction that marks it sent."""
+        self._signing_key = signing_key
+        self._clock = clock
         self._producer = producer
         self._topic = topics.outbound(institution)
         self._institution = institution
@@ -72,6 +87,7 @@ class KafkaChannel:
 
     def deliver(self, parcels: Sequence[Parcel]) -> list[Delivery]:
         futures = []
+        sent: list[Sent] = []
         refused: KafkaError | None = None
         for p in parcels:
             headers = [
@@ -88,6 +104,9 @@ class KafkaChannel:
                     self._key, self._institution.value, p.message_id, p.body
                 )
                 headers.append(sealed)
+            timestamp = int(self._clock())
+            if self._signing_key is not None:
+                headers += sign_record(self._signing_key, p.message_id, value, timestamp=timestamp)
             try:
                 futures.append(
                     self._producer.send(
@@ -97,23 +116,52 @@ class KafkaChannel:
             except KafkaError as exc:  # e.g. no metadata for the topic within max_block
                 refused = exc
                 break
+            sent.append(self._logged(p, value, timestamp, dict(headers)))
         if not futures:
             raise ChannelUnavailable(f"{self._topic}: {refused!r}")
         # Waiting on our own futures, not flush(): another institution's stuck records in the
         # shared producer must not hold this one up. Each record is reported on its own, so
         # what did reach the broker is not sent again with what did not.
         reports = []
-        for p, f in zip(parcels, futures, strict=False):
+        for p, f, logged in zip(parcels, futures, sent, strict=False):
             try:
-                f.get(timeout=self._timeout)
-                reports.append(Delivery(p.message_id, Result.SENT))
+                meta = f.get(timeout=self._timeout)
+                if meta is not None:  # the broker's receipt: where the record now is
+                    where = {"partition": meta.partition, "offset": meta.offset}
+                    logged = replace(logged, detail={**(logged.detail or {}), **where})
+                reports.append(Delivery(p.message_id, Result.SENT, sent=logged))
             except KafkaError as exc:
-                reports.append(Delivery(p.message_id, Result.FAILED, reason_text=repr(exc)))
+                reports.append(
+                    Delivery(p.message_id, Result.FAILED, reason_text=repr(exc), sent=logged)
+                )
         reports += [
             Delivery(p.message_id, Result.FAILED, reason_text=f"{self._topic}: {refused!r}")
             for p in parcels[len(futures) :]
         ]
         return reports
+
+    def _logged(self, p: Parcel, value: bytes, timestamp: int, headers: dict[str, bytes]) -> Sent:
+        """What the message log keeps of a record (its partition and offset once written)."""
+        detail: dict[str, Any] = {"kind": "kafka", "topic": self._topic, "sealed": None}
+        kid = headers.get(SEALED)
+        if kid is not None:
+            nonce = sealed_nonce(value)
+            detail.update(
+                sealed=kid.decode(),
+                nonce=base64.b64encode(nonce).decode() if nonce is not None else None,
+                clear_sha256=hashlib.sha256(p.body).hexdigest(),
+            )
+        signature = headers.get(SIGNATURE_HEADER)
+        return Sent(
+            p.message_id,
+            (p.message_id,),
+            timestamp,
+            hashlib.sha256(value).hexdigest(),
+            self._signing_key.kid if self._signing_key is not None else None,
+            v1a_signature(signature.decode()) if signature is not None else None,
+            None,
+            detail,
+        )
 
     def close(self) -> None:
         """The producer is shared and closed by the relay."""
@@ -201,13 +249,16 @@ class Relay:
         intake: Sequence[AckIntake] = (),
         vault: Vault | None = None,
         topic_keys: Mapping[Institution, KeySet] | None = None,
+        signing_key: SigningKey | None = None,
     ) -> None:
-        """``topic_keys``: each Kafka institution's topic key (``KafkaChannel``)."""
+        """``topic_keys``: each Kafka institution's topic key (``KafkaChannel``);
+        ``signing_key``: Jokko's current message key, signing every record."""
         self._producer = producer
         self.intake = list(intake)
         keys = topic_keys or {}
         chosen: dict[Institution, Channel] = {
-            inst: KafkaChannel(producer, topics, inst, key=keys.get(inst)) for inst in Institution
+            inst: KafkaChannel(producer, topics, inst, key=keys.get(inst), signing_key=signing_key)
+            for inst in Institution
         }
         chosen.update(channels or {})
         decisions = DecisionPublisher(producer, topics.canonical, vault)  # CMU's, in HTTP answers

@@ -426,6 +426,12 @@ def sign_file(key: SigningKey, content: bytes) -> bytes:
     return (json.dumps(doc, sort_keys=True) + "\n").encode()
 
 
+def file_signature(signature: bytes) -> str:
+    """The Ed25519 signature of a ``sign_file`` document in standard base64 (as the message
+    log keeps every signature)."""
+    return base64.b64encode(_b64url_decode(json.loads(signature)["sig"])).decode()
+
+
 def verify_file(jwks: Mapping[str, Any], content: bytes, signature: bytes) -> str:
     """The key id that signed ``content``, or ``SignatureRejected``."""
     try:
@@ -445,3 +451,41 @@ def verify_file(jwks: Mapping[str, Any], content: bytes, signature: bytes) -> st
     except InvalidSignature:
         raise SignatureRejected(Reason.BAD_SIGNATURE, "the file is not what was signed") from None
     return str(kid)
+
+
+# --- a Kafka record ------------------------------------------------------------------------
+
+
+def sign_record(
+    key: SigningKey, message_id: str, value: bytes, *, timestamp: int
+) -> list[tuple[str, bytes]]:
+    """The Kafka headers signing a record's ``value`` (its exact bytes, sealed or not): the
+    headers of a push (``webhook-id``, ``webhook-timestamp``, ``webhook-signature`` with its
+    ``v1a`` entry, ``webhook-key-id``) over the same ``{id}.{timestamp}.{value}``."""
+    headers = sign_push(message_id, value, timestamp=timestamp, key=key)
+    return [(name, text.encode()) for name, text in headers.items()]
+
+
+def verify_record(
+    jwks: Mapping[str, Any], headers: Sequence[tuple[str, bytes]], value: bytes
+) -> str:
+    """The key id that signed a Kafka record, or ``SignatureRejected``: what an institution
+    reading its topic does, with nothing but Jokko's JWKS. No freshness window and no replay
+    memory: a record is read whenever its consumer gets to it, and one read twice (after a
+    rebalance) is the same record, which the consumer drops by its ``message_id``."""
+    lower = {k.lower(): v.decode("utf-8", "replace") for k, v in headers}
+    message_id, raw_ts = lower.get(ID_HEADER, ""), lower.get(TIMESTAMP_HEADER, "").strip()
+    kid = lower.get(KEY_ID_HEADER, "").strip()
+    if not message_id or not kid or not (raw_ts.isascii() and raw_ts.isdigit()):
+        raise SignatureRejected(Reason.MISSING_HEADER, "the record's signature headers are missing")
+    key = keys_of(jwks).get(kid)
+    if key is None:
+        raise SignatureRejected(Reason.UNKNOWN_KEY, f"key {kid!r} is not in the JWKS")
+    content = _signed_content(message_id, int(raw_ts), value)
+    for offered in _offered(lower.get(SIGNATURE_HEADER, ""), ASYMMETRIC_VERSION):
+        try:
+            key.verify(base64.b64decode(offered, validate=True), content)
+            return kid
+        except (InvalidSignature, ValueError, binascii.Error):
+            continue
+    raise SignatureRejected(Reason.BAD_SIGNATURE, f"no signature matches key {kid!r}")

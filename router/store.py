@@ -372,7 +372,8 @@ class AuditRow(Base):
 
 
 class MessageLogRow(Base):
-    """One request Jokko sent an institution (a push, or a batch with the messages it carried):
+    """One thing Jokko sent an institution (a push, a batch, a declaration file with the
+    messages it carried, or a Kafka record):
     the digest of the exact bytes, Jokko's signature, the answer. Append-only and hash-chained
     like the audit log: written by ``router.msglog.append`` alone (migration 0010)."""
 
@@ -390,11 +391,15 @@ class MessageLogRow(Base):
     body_sha256: Mapped[str] = mapped_column(String(64))
     key_id: Mapped[str | None] = mapped_column(String(64))
     signature: Mapped[str | None] = mapped_column(Text)
-    """The ``v1a`` Ed25519 signature (base64) over ``{signed_id}.{timestamp}.{body}``."""
+    """Jokko's Ed25519 signature (base64): ``v1a`` over ``{signed_id}.{timestamp}.{body}``,
+    or over a declaration file's bytes alone (``detail.kind == "file"``)."""
     status: Mapped[int | None] = mapped_column(Integer)
     """The HTTP status of the answer; None when none came (connection failed)."""
     outcome: Mapped[str] = mapped_column(Text)
     """What the answer said per message, a JSON object (or why the request failed)."""
+    detail: Mapped[str | None] = mapped_column(Text)
+    """How a batch, a declaration file or a Kafka record carried its messages, a JSON object
+    (``router.msglog``); None for a single HTTP push (migration 0012)."""
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     row_hash: Mapped[str] = mapped_column(String(64))
 

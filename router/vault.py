@@ -82,14 +82,37 @@ def sealed_under(blob: bytes) -> str | None:
         return None
 
 
+def sealed_nonce(blob: bytes) -> bytes | None:
+    """The nonce of a ``seal_under`` value (None: not such a value): with the key id, all
+    that ``reseal`` needs to make the same bytes again from the clear value."""
+    kid = sealed_under(blob)
+    if kid is None:
+        return None
+    start = len(SYSTEM) + 1 + len(kid)
+    nonce = blob[start : start + _NONCE]
+    return nonce if len(nonce) == _NONCE else None
+
+
 def seal_under(
-    keys: KeySet, plaintext: bytes, aad: bytes, aead: Callable[[str], AESGCM] | None = None
+    keys: KeySet,
+    plaintext: bytes,
+    aad: bytes,
+    aead: Callable[[str], AESGCM] | None = None,
+    *,
+    kid: str | None = None,
+    nonce: bytes | None = None,
 ) -> bytes:
     """``plaintext`` sealed under the current key of ``keys``: ``JK1`` + key-id length (one
     byte) + key id (ASCII) + nonce (12 bytes) + AES-256-GCM ciphertext and tag (16 bytes),
-    ``aad`` authenticated but not stored. ``aead`` caches the cipher of a key id."""
-    kid = keys.current
-    nonce = os.urandom(_NONCE)
+    ``aad`` authenticated but not stored. ``aead`` caches the cipher of a key id.
+
+    ``kid`` and ``nonce`` are for evidence only (``router.msglog``): the exact bytes of a
+    value sealed earlier, made again from the same clear value (same key, nonce and data, so
+    nothing new is revealed); never for a new value, whose nonce must be fresh."""
+    kid = kid or keys.current
+    if kid not in keys.keys:
+        raise SealError(f"unknown key id {kid!r}")
+    nonce = nonce if nonce is not None else os.urandom(_NONCE)
     cipher = aead(kid) if aead is not None else AESGCM(keys.keys[kid])
     return SYSTEM + bytes([len(kid)]) + kid.encode() + nonce + cipher.encrypt(nonce, plaintext, aad)
 

@@ -114,6 +114,7 @@ class Jokko:
                     encode_batch=encode_batch,
                     receipts=receipt_verifier(inst, p),
                     require_signed_acks=p.require_signed_acks,
+                    batch_part=getattr(self.adapters[inst], "batch_part", None),
                 )
             elif p.mode == DeliveryMode.FILE:
                 chosen[inst] = FileChannel(
@@ -165,6 +166,7 @@ class Jokko:
             intake=self.ack_intake(producer) if with_acks else (),
             vault=self.vault,
             topic_keys=topic_keys,
+            signing_key=self.message_keys.current,
         )
 
     def topic_keys(self) -> dict[Institution, KeySet]:

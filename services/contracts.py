@@ -174,6 +174,22 @@ _SEALED_HEADER = {
 }
 
 
+_RECORD_SIGNATURE: dict[str, dict[str, Any]] = {
+    "webhook-id": {"type": "string", "description": "The message_id, as signed."},
+    "webhook-timestamp": {
+        "type": "string",
+        "pattern": "^[0-9]+$",
+        "description": "Unix seconds of signing, as signed.",
+    },
+    "webhook-signature": {
+        "type": "string",
+        "pattern": "^v1a,",
+        "description": "v1a,<base64 Ed25519 signature>.",
+    },
+    "webhook-key-id": {"type": "string", "description": "The kid of the signing key in the JWKS."},
+}
+
+
 def _canonical_message() -> dict[str, Any]:
     return {
         "name": "CanonicalEvent",
@@ -215,7 +231,10 @@ def _outbound_message(inst: Institution) -> dict[str, Any]:
             "Sealed when the institution has a topic key (JOKKO_<INST>__TOPIC_KEY_FILE, held "
             f"by Jokko and that institution only): {_ENVELOPE}, with associated data "
             f'"jokko.out.{inst.value}:" + the message_id header; the payload below is what it '
-            "opens to. Without a topic key, the message in clear."
+            "opens to. Without a topic key, the message in clear. Signed by Jokko (Ed25519, "
+            "verifiable with its JWKS alone): the webhook-* headers carry the v1a signature "
+            'of "{webhook-id}.{webhook-timestamp}." + the value exactly as produced (sealed '
+            "or not), as for an HTTP push (router/signing.py, verify_record)."
         ),
         "contentType": spec["content_type"],
         "headers": _headers(
@@ -231,6 +250,7 @@ def _outbound_message(inst: Institution) -> dict[str, Any]:
                 },
                 "format_version": {"type": "string", "const": str(spec["format_version"])},
                 "sealed": _SEALED_HEADER,
+                **_RECORD_SIGNATURE,
             },
             optional=("sealed",),
         ),

@@ -11,7 +11,7 @@ from adapters.base import Institution
 from adapters.css._check import parse_ack, validate
 from adapters.css._translate import translate
 from adapters.css._wire import FORMAT_VERSION, NAMESPACE
-from adapters.css.batch import encode_batch, split_batch
+from adapters.css.batch import batch_part, encode_batch, split_batch
 
 INSTITUTION = Institution.CSS
 
@@ -19,6 +19,7 @@ __all__ = [
     "FORMAT_VERSION",
     "INSTITUTION",
     "NAMESPACE",
+    "batch_part",
     "encode_batch",
     "parse_ack",
     "split_batch",

@@ -25,6 +25,12 @@ def _without_declaration(body: bytes) -> bytes:
     return body
 
 
+def batch_part(body: bytes) -> bytes:
+    """The bytes of a document a ``Batch`` holds: its own, declaration and trailing white
+    space aside (Jokko's message log locates each document's part by them)."""
+    return _without_declaration(body).rstrip()
+
+
 def encode_batch(batch_id: str, messages: Sequence[tuple[str, bytes]]) -> bytes:
     """A ``Batch`` of ``(message_id, body)`` in order, identified by ``batch_id`` (the id the
     request is signed with); each document keeps its own bytes, declaration aside."""
@@ -32,7 +38,7 @@ def encode_batch(batch_id: str, messages: Sequence[tuple[str, bytes]]) -> bytes:
         f"<?xml version='1.0' encoding='UTF-8'?>\n<{BATCH_ROOT} xmlns=\"{NAMESPACE}\" "
         f'batchId="{batch_id}" formatVersion="{FORMAT_VERSION}">\n'
     ).encode()
-    docs = b"\n".join(_without_declaration(body).rstrip() for _, body in messages)
+    docs = b"\n".join(batch_part(body) for _, body in messages)
     return head + docs + f"\n</{BATCH_ROOT}>\n".encode()
 
 

@@ -8,6 +8,10 @@ every answer twice.
 With ``topic_key`` (the institution's topic key file, loaded) it opens each sealed record with
 that key alone, as the institution would; a record it cannot open (another institution's
 key, altered bytes) is counted in ``unsealable`` and never answered.
+
+With ``jwks`` (Jokko's published JWKS document) it checks each record's signature first, as
+the institution would, with that document alone (``router.signing.verify_record``); a record
+unsigned, altered or signed with another key is counted in ``forged`` and never answered.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 import httpx
 from kafka import KafkaProducer
@@ -23,7 +29,7 @@ from kafka import KafkaProducer
 from adapters.base import Institution
 from router.broker import group_consumer
 from router.envelope import Unsealable, is_sealed, open_for_institution
-from router.signing import sign
+from router.signing import SignatureRejected, sign, verify_record
 from router.topics import Topics
 from router.vault import KeySet
 
@@ -40,7 +46,10 @@ class KafkaPartner:
         duplicate_acks: bool = False,
         tls: ssl.SSLContext | None = None,
         topic_key: KeySet | None = None,
+        jwks: Mapping[str, Any] | None = None,
     ) -> None:
+        self._jwks = jwks
+        self.forged = 0
         self._bootstrap = bootstrap
         self._topics = topics
         self._institution = institution
@@ -85,6 +94,12 @@ class KafkaPartner:
                         headers = {k: v.decode() for k, v in r.headers}
                         message_id = headers["message_id"]
                         body = r.value
+                        if self._jwks is not None:
+                            try:
+                                verify_record(self._jwks, r.headers, r.value)
+                            except SignatureRejected:
+                                self.forged += 1
+                                continue
                         if is_sealed(body):
                             try:
                                 body = self._open(message_id, body)

@@ -366,7 +366,7 @@ def test_kafka_mode_acks_come_back_on_the_ack_topic(
     """CMU reads jokko.out.cmu.v1 and answers (twice each) on jokko.acks.cmu.v1."""
     partners.cmu.faults.reject_members = {"MSNAS-TH-000001"}
     # The bridge from CMU's topic consumer to its backend is inside CMU: it signs with a
-    # secret of CMU's own, not with Jokko's key (Jokko's records on the topic are unsigned).
+    # secret of CMU's own, not with Jokko's key (Jokko's signature is on the topic's record).
     partners.cmu.verifier = Verifier([SECRETS[Institution.CMU]])
     key_file = tmp_path / "cmu-topic-key.json"
     keyring.topic_key(key_file, Institution.CMU.value)

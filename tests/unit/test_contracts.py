@@ -17,6 +17,7 @@ from adapters.base import MemberProfile, UnsupportedEvent
 from router.delivery import Parcel
 from router.registry import outbound_adapters
 from router.relay import KafkaChannel
+from router.signing import SigningKey
 from router.topics import Topics
 from router.vault import KeySet, new_key
 from schemas import MemberEnrolled
@@ -210,8 +211,13 @@ def test_asyncapi_outbound_messages_carry_the_relay_headers(asyncapi: dict[str, 
             "member_seq",
             "format_version",
             "sealed",
+            "webhook-id",
+            "webhook-timestamp",
+            "webhook-signature",
+            "webhook-key-id",
         }
         assert "sealed" not in message["headers"]["required"]  # absent: no topic key
+        assert "webhook-signature" in message["headers"]["required"]  # always signed
     [dlq] = [c for c in asyncapi["channels"].values() if c["address"] == Topics().dead_letters]
     [dead] = [_resolve(asyncapi, m["$ref"]) for m in dlq["messages"].values()]
     assert set(dead["headers"]["properties"]) == {
@@ -223,6 +229,9 @@ def test_asyncapi_outbound_messages_carry_the_relay_headers(asyncapi: dict[str, 
         "institution",
         "attempts",
     }
+
+
+SIGNING_KEY = SigningKey.from_seed("message-test", bytes(32))
 
 
 class _RecordingProducer:
@@ -252,7 +261,7 @@ def test_asyncapi_outbound_headers_are_what_the_relay_sends(asyncapi: dict[str, 
     topics = Topics()
     for inst, adapter in outbound_adapters().items():
         topic_key = KeySet(f"topic-{inst.value}", {f"topic-{inst.value}": new_key()})
-        channel = KafkaChannel(producer, topics, inst, key=topic_key)
+        channel = KafkaChannel(producer, topics, inst, key=topic_key, signing_key=SIGNING_KEY)
         for event in events:
             try:
                 messages = adapter.translate(event, profile)
