@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from adapters.base import Institution
 from adapters.ipres import build_declaration_file
-from bench.adapters import rate, routed_examples
+from bench.harness.measure import rate
+from bench.harness.workload import routed_examples
 from bench.record import figure, write_record
 from router.signing import (
     JwksVerifier,
