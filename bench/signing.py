@@ -39,7 +39,7 @@ FILE_RECORDS = 500
 VERIFY_CALLS = 10_000
 SIGN_TARGET_US = 100.0
 """Per message, signing must stay well under the ~1 ms Jokko spends on a push's HTTP round
-trip on loopback (bench/flow.py): a tenth of it."""
+trip on loopback (bench/flow/): a tenth of it."""
 
 
 def cmu_body() -> bytes:
