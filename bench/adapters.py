@@ -8,47 +8,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from functools import partial
 from importlib import import_module
 from typing import Any
 
-from adapters.base import Institution, MemberProfile, profile_after
+from adapters.base import Institution, MemberProfile
+from bench.harness.measure import rate
+from bench.harness.workload import routed_examples
 from bench.record import figure, write_record
-from router.routing import destinations
 from schemas import CanonicalEvent
-from schemas.examples import load_examples
 
 TARGETS = {Institution.CMU: 2_000, Institution.CSS: 10_000, Institution.IPRES: 10_000}
-SECONDS_PER_FIGURE = 0.6
-
-
-def rate(work: Callable[[], Any], seconds: float = SECONDS_PER_FIGURE) -> float:
-    """Calls per second of ``work``, after a short warm-up."""
-    for _ in range(20):
-        work()
-    n, start = 0, time.perf_counter()
-    deadline = start + seconds
-    while True:
-        for _ in range(50):
-            work()
-        n += 50
-        now = time.perf_counter()
-        if now >= deadline:
-            return n / (now - start)
-
-
-def routed_examples(inst: Institution) -> dict[str, tuple[CanonicalEvent, MemberProfile | None]]:
-    """The first example of each event type routed to ``inst``, with its member's profile."""
-    known: dict[str, MemberProfile] = {}
-    out: dict[str, tuple[CanonicalEvent, MemberProfile | None]] = {}
-    for e in load_examples():
-        member = profile_after(known.get(e.member_id), e)
-        if member is not None:
-            known[e.member_id] = member
-        if inst in destinations(e, member) and e.event_type not in out:
-            out[e.event_type] = (e, member)
-    return out
 
 
 def cmu_floor(event: CanonicalEvent, member: MemberProfile | None) -> float:
@@ -127,7 +97,8 @@ def batch_figures() -> list[dict[str, Any]]:
     ]
 
 
-def main() -> None:
+def translate_figures() -> list[dict[str, Any]]:
+    """Each adapter's ``translate`` on the first example of each event type it receives."""
     figures = []
     for inst in Institution:
         adapter = import_module(f"adapters.{inst.value}")
@@ -149,6 +120,11 @@ def main() -> None:
                 )
             )
             print(f"{inst.value:6} {event_type:28} {value:>10,.0f}/s")
+    return figures
+
+
+def main() -> None:
+    figures = translate_figures()
     figures += batch_figures()
     for f in figures[-2:]:
         print(f"{f['figure']:35} {f['value']:>10,.0f} {f['unit']}")

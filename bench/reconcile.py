@@ -120,6 +120,72 @@ def _figures(r: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _line(r: dict[str, Any]) -> str:
+    s, one, other = r["sharded"], r["single"], r["other"]
+    how = (
+        "the duckdb engine (one process, 2 threads)"
+        if s["engine"] == "duckdb"
+        else f"{s['workers']} processes"
+    )
+    text = (
+        f"{r['members']:,} members: {s['records']:,} records (ledger expectations + extract "
+        f"lines, {r['files_mib']:.0f} MiB of files generated in {r['generate_s']:.0f} s) "
+        f"compared in {s['seconds']:.1f} s by {how} "
+        f"({s['records_per_s']:,.0f} records/s, peak {s['peak_mib']:.0f} MiB summed over "
+        f"the processes, largest {s['largest_process_mib']:.0f} MiB; load average "
+        f"{s['load_before']:.1f} before, {s['load_after']:.1f} after)"
+    )
+    if other:
+        text += (
+            f", by the {other['engine']} engine in {other['workers']} processes in "
+            f"{other['seconds']:.1f} s ({other['records_per_s']:,.0f} records/s, peak "
+            f"{other['peak_mib']:.0f} MiB)"
+        )
+    if one:
+        text += (
+            f", in {one['seconds']:.1f} s by 1 process ({one['records_per_s']:,.0f} "
+            f"records/s, {one['peak_mib']:.0f} MiB)"
+        )
+    return (
+        text + f"; {r['injected']:,} injected discrepancies all found and nothing else: "
+        f"{r['exact']}"
+    )
+
+
+def _notes(results: list[dict[str, Any]]) -> str:
+    duck = (
+        " The duckdb engine (services/reconcile_duckdb.py) reads the four files natively "
+        "(read_csv, read_json, fixed width by substring) into one on-disk DuckDB table of "
+        "records, groups it by key and returns only the keys that are not clean (not one record "
+        "on each side with equal compared fields) to Python, whose own merge and comparison make "
+        "the discrepancies; 2 threads, memory_limit 1GB. Its time goes to loading the table "
+        "(parsing and writing ~57 records a member) and the group-by over ~28 keys a member; "
+        "what would cut it further: a per-member pre-filter (1 group a member instead of 28) "
+        "before the per-key work, at the price of a hash fingerprint."
+        if any(r["sharded"]["engine"] == "duckdb" for r in results)
+        else ""
+    )
+    return (
+        "; ".join(_line(r) for r in results) + "." + duck + " The machine (2 cores) was shared "
+        "with other "
+        "engineers' test runs (Kafka brokers, PostgreSQL, pytest), hence the load averages: "
+        "times are upper bounds of what the code does on an idle machine. How the python "
+        "engine works: each "
+        "export is sorted by member, so every file is cut into byte ranges at the same member "
+        "boundaries (binary search on its lines) and each process streams a sort-merge of its "
+        "ranges; memory is O(1) per process (one member's records, read buffers), discrepancies "
+        "(0.1%) come back to the parent over a queue. The work is pure-Python parsing (csv, "
+        "json, fixed width) and tuple comparison, linear in records: it scales with cores, not "
+        "with memory. To 10M members (about 570M records): 10x the time at the same core count "
+        "and the same memory per process (nothing grows with the data but the discrepancies "
+        "kept); more cores divide the time, since shards share nothing. Meeting 60 s at 1M "
+        "on 2 cores needs ~10x less CPU per record than Python's parsers give: push the join "
+        "into a columnar engine (DuckDB or Arrow reading the CSV/NDJSON natively, a full "
+        "outer join on the key, Python only seeing the discrepancies), or have the "
+        "institutions send columnar extracts."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--members", type=int, action="append")
@@ -138,73 +204,10 @@ def main() -> None:
     if args.no_record:
         return
     figures = [f for r in results for f in _figures(r)]
-
-    def line(r: dict[str, Any]) -> str:
-        s, one, other = r["sharded"], r["single"], r["other"]
-        how = (
-            "the duckdb engine (one process, 2 threads)"
-            if s["engine"] == "duckdb"
-            else f"{s['workers']} processes"
-        )
-        text = (
-            f"{r['members']:,} members: {s['records']:,} records (ledger expectations + extract "
-            f"lines, {r['files_mib']:.0f} MiB of files generated in {r['generate_s']:.0f} s) "
-            f"compared in {s['seconds']:.1f} s by {how} "
-            f"({s['records_per_s']:,.0f} records/s, peak {s['peak_mib']:.0f} MiB summed over "
-            f"the processes, largest {s['largest_process_mib']:.0f} MiB; load average "
-            f"{s['load_before']:.1f} before, {s['load_after']:.1f} after)"
-        )
-        if other:
-            text += (
-                f", by the {other['engine']} engine in {other['workers']} processes in "
-                f"{other['seconds']:.1f} s ({other['records_per_s']:,.0f} records/s, peak "
-                f"{other['peak_mib']:.0f} MiB)"
-            )
-        if one:
-            text += (
-                f", in {one['seconds']:.1f} s by 1 process ({one['records_per_s']:,.0f} "
-                f"records/s, {one['peak_mib']:.0f} MiB)"
-            )
-        return (
-            text + f"; {r['injected']:,} injected discrepancies all found and nothing else: "
-            f"{r['exact']}"
-        )
-
-    duck = (
-        " The duckdb engine (services/reconcile_duckdb.py) reads the four files natively "
-        "(read_csv, read_json, fixed width by substring) into one on-disk DuckDB table of "
-        "records, groups it by key and returns only the keys that are not clean (not one record "
-        "on each side with equal compared fields) to Python, whose own merge and comparison make "
-        "the discrepancies; 2 threads, memory_limit 1GB. Its time goes to loading the table "
-        "(parsing and writing ~57 records a member) and the group-by over ~28 keys a member; "
-        "what would cut it further: a per-member pre-filter (1 group a member instead of 28) "
-        "before the per-key work, at the price of a hash fingerprint."
-        if any(r["sharded"]["engine"] == "duckdb" for r in results)
-        else ""
-    )
-    notes = (
-        "; ".join(line(r) for r in results) + "." + duck + " The machine (2 cores) was shared "
-        "with other "
-        "engineers' test runs (Kafka brokers, PostgreSQL, pytest), hence the load averages: "
-        "times are upper bounds of what the code does on an idle machine. How the python "
-        "engine works: each "
-        "export is sorted by member, so every file is cut into byte ranges at the same member "
-        "boundaries (binary search on its lines) and each process streams a sort-merge of its "
-        "ranges; memory is O(1) per process (one member's records, read buffers), discrepancies "
-        "(0.1%) come back to the parent over a queue. The work is pure-Python parsing (csv, "
-        "json, fixed width) and tuple comparison, linear in records: it scales with cores, not "
-        "with memory. To 10M members (about 570M records): 10x the time at the same core count "
-        "and the same memory per process (nothing grows with the data but the discrepancies "
-        "kept); more cores divide the time, since shards share nothing. Meeting 60 s at 1M "
-        "on 2 cores needs ~10x less CPU per record than Python's parsers give: push the join "
-        "into a columnar engine (DuckDB or Arrow reading the CSV/NDJSON natively, a full "
-        "outer join on the key, Python only seeing the discrepancies), or have the "
-        "institutions send columnar extracts."
-    )
     # `make bench` runs 100k; the full 1M figure (--members 1000000) keeps a record of its own.
     largest = max(sizes)
     name = "reconcile" if largest >= 1_000_000 else f"reconcile_{largest // 1000}k"
-    write_record(name, figures, notes)
+    write_record(name, figures, _notes(results))
 
 
 if __name__ == "__main__":

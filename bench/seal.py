@@ -48,7 +48,8 @@ def per_call_us(work: Callable[[], Any], seconds: float = SECONDS_PER_FIGURE) ->
     return min(spells)
 
 
-def main() -> None:
+def measure() -> tuple[list[dict[str, Any]], int, int]:
+    """The figures, the clear record's size and the sealed one's."""
     key = KeySet("data-bench", {"data-bench": new_key()})
     vault = Vault(Keyring(data=key, token=key))
     topic_key = KeySet("topic-cmu-bench", {"topic-cmu-bench": new_key()})
@@ -103,21 +104,26 @@ def main() -> None:
             peer_value=len(clear),
         ),
     ]
+    return figures, len(clear), len(value)
+
+
+def notes(clear: int, sealed: int) -> str:
+    return (
+        f"One `member.enrolled` example ({clear} bytes of canonical JSON), one core, "
+        f"best of three {SECONDS_PER_FIGURE / 3:.1f} s spells per figure after a warm-up, "
+        "on a machine shared with other work; AES-256-GCM from `cryptography` (OpenSSL). "
+        "Each figure is the sealing or opening alone, beside the work the same path does "
+        "anyway on the same record (serialising, parsing, translating). Sealing adds the "
+        f"envelope's {sealed - clear} bytes (prefix, key id, nonce, tag) to a "
+        "record."
+    )
+
+
+def main() -> None:
+    figures, clear, sealed = measure()
     for f in figures:
         print(f"{f['figure']:<52} {f['value']:>8} {f['unit']:<11} peer {f['peer_value']}")
-    write_record(
-        "seal",
-        figures,
-        (
-            f"One `member.enrolled` example ({len(clear)} bytes of canonical JSON), one core, "
-            f"best of three {SECONDS_PER_FIGURE / 3:.1f} s spells per figure after a warm-up, "
-            "on a machine shared with other work; AES-256-GCM from `cryptography` (OpenSSL). "
-            "Each figure is the sealing or opening alone, beside the work the same path does "
-            "anyway on the same record (serialising, parsing, translating). Sealing adds the "
-            f"envelope's {len(value) - len(clear)} bytes (prefix, key id, nonce, tag) to a "
-            "record."
-        ),
-    )
+    write_record("seal", figures, notes(clear, sealed))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from sqlalchemy import create_engine
 
 from adapters.base import Institution
 from adapters.ipres import build_declaration_file
-from bench.adapters import rate, routed_examples
+from bench.harness.measure import rate
+from bench.harness.workload import routed_examples
 from bench.record import figure, write_record
 from router.migrate import upgrade
 from router.msglog import Sent, append, carried_in
@@ -44,7 +45,7 @@ FILE_RECORDS = 500
 VERIFY_CALLS = 10_000
 SIGN_TARGET_US = 100.0
 """Per message, signing must stay well under the ~1 ms Jokko spends on a push's HTTP round
-trip on loopback (bench/flow.py): a tenth of it."""
+trip on loopback (bench/flow/): a tenth of it."""
 
 
 def cmu_body() -> bytes:

@@ -2,7 +2,7 @@
 and ``jokko relay`` processes while the router is SIGKILLed, the broker restarted and CSS flaps.
 
 Run: ``.venv/bin/python -m bench.soak [--events 20000] [--kills 20]``. It starts its own Kafka
-broker and PostgreSQL (``bench.router.infrastructure``) and reaches the institutions the way the
+broker and PostgreSQL (``bench.harness.infra``) and reaches the institutions the way the
 demo does: CMU and CSS over signed HTTP to the fakes (served in this process), IPRES by file
 exchange. CSS answers 30% of its requests 503 for the whole run. Afterwards every expected
 message must be accounted for (accepted, rejected, or dead with a dead letter), and no fake may
@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -30,18 +28,12 @@ from typing import Any
 from sqlalchemy import text
 
 from adapters.base import AckStatus, Institution
+from bench.harness.broker import canonical_topic, publish
+from bench.harness.deployment import Deployment, partner_env
+from bench.harness.infra import PARTITIONS, Infra, infrastructure
+from bench.harness.measure import Window, log
+from bench.harness.workload import workload
 from bench.record import figure, write_record
-from bench.router import (
-    PARTITIONS,
-    Deployment,
-    Infra,
-    infrastructure,
-    log,
-    progress_since,
-    publish,
-    workload,
-)
-from router.broker import TopicSpec, ensure_topics
 from tests.fakes.base import HttpFake
 from tests.fakes.cmu import FakeCMU
 from tests.fakes.css import FakeCSS
@@ -83,25 +75,15 @@ def fakes(stack: ExitStack, directory: Path, seed: int) -> Fakes:
     css_url = stack.enter_context(serve(css.app))
     stack.enter_context(ipres)
     env = {
-        "JOKKO_CMU__MODE": "http",
-        "JOKKO_CMU__URL": f"{cmu_url}/fhir",
-        "JOKKO_CMU__SECRET": SECRETS[Institution.CMU],
-        "JOKKO_CMU__ALLOW_PLAIN_HTTP": "true",  # loopback fakes, figures as before TLS
-        # HMAC as when the recorded figures were measured (bench/signing.py: Ed25519's cost).
-        "JOKKO_CMU__SIGNATURE": "hmac",
-        "JOKKO_CSS__SIGNATURE": "hmac",
-        "JOKKO_CSS__MODE": "http",
-        "JOKKO_CSS__URL": f"{css_url}/css/v1/documents",
-        "JOKKO_CSS__SECRET": SECRETS[Institution.CSS],
-        "JOKKO_CSS__ALLOW_PLAIN_HTTP": "true",
+        **partner_env(
+            {"cmu": f"{cmu_url}/fhir", "css": f"{css_url}/css/v1/documents"},
+            {i.value: SECRETS[i] for i in (Institution.CMU, Institution.CSS)},
+            (str(ipres.inbox), str(ipres.acks)),
+            PUSH_BATCH,
+        ),
         "JOKKO_CSS__TIMEOUT_S": "5",
         "JOKKO_CMU__CONCURRENCY": str(CONCURRENCY),
         "JOKKO_CSS__CONCURRENCY": str(CONCURRENCY),
-        "JOKKO_CMU__BATCH_SIZE": str(PUSH_BATCH),
-        "JOKKO_CSS__BATCH_SIZE": str(PUSH_BATCH),
-        "JOKKO_IPRES__MODE": "file",
-        "JOKKO_IPRES__OUTBOX_DIR": str(ipres.inbox),
-        "JOKKO_IPRES__ACK_DIR": str(ipres.acks),
         "JOKKO_DELIVERY_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
         "JOKKO_DELIVERY_BACKOFF_INITIAL_S": "0.2",
         "JOKKO_DELIVERY_BACKOFF_MAX_S": "2",
@@ -171,8 +153,7 @@ def soak(
 ) -> Tally:
     rng = random.Random(seed)
     load = workload(n, seed=f"soak{seed}")
-    canonical = f"soak{uuid.uuid4().hex[:6]}.jokko.events.v1"
-    ensure_topics(infra.bootstrap, [TopicSpec(canonical, PARTITIONS)])
+    canonical = canonical_topic(infra.bootstrap, "soak")
     publish(infra.bootstrap, canonical, load.events)
     total = len(load.events)
     log(
@@ -188,11 +169,7 @@ def soak(
         d.start("relay")
         restart_at = kills // 2
         while d.kills < kills:
-            d.start("router")
-            d.wait(progress_since(d, min(d.inbox(), total - 1)), 300, "router progress")
-            time.sleep(rng.uniform(0.0, 0.5))
-            d.kill("router-1")
-            mid += int(0 < d.inbox() < total)
+            mid += int(d.kill_router_after_progress(total, rng, max_pause_s=0.5, timeout_s=300))
             log(f"  kill {d.kills}: inbox {d.inbox():,}/{total:,}")
             if d.kills == restart_at and not restarted:
                 d.start("router")
@@ -214,7 +191,7 @@ def soak(
             if time.monotonic() - last > 10:
                 log(f"  {left:,} messages not final: {open_by_institution(d)}")
                 last = time.monotonic()
-            alive(d)
+            d.check_alive("delivering")
             if time.monotonic() > deadline:
                 d.fail("timed out waiting for every message to end")
             time.sleep(2)
@@ -236,13 +213,6 @@ def open_by_institution(d: Deployment) -> dict[str, int]:
             )
         )
         return {str(k): int(n) for k, n in rows}
-
-
-def alive(d: Deployment) -> None:
-    """Fail the run, with the logs, if a process exited other than by our SIGKILL."""
-    for key, proc in d.procs.items():
-        if proc.poll() not in (None, -signal.SIGKILL, 0):
-            d.fail(f"{key} exited with {proc.returncode} while delivering")
 
 
 def account(
@@ -337,39 +307,14 @@ def print_tally(t: Tally) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
-    parser.add_argument(
-        "--events",
-        type=int,
-        default=100_000,
-        help="contribution events (make bench passes 8,000: about 5 minutes on 2 shared cores)",
-    )
-    parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument(
-        "--name", default="soak", help="record name (the 100,000-event run: soak_100k)"
-    )
-    parser.add_argument("--seed", type=int, default=20261203)
-    args = parser.parse_args(argv)
-
-    load_before = os.getloadavg()
-    with (
-        tempfile.TemporaryDirectory(prefix="jokko-soak-") as tmp,
-        infrastructure(Path(tmp)) as infra,
-        ExitStack() as stack,
-    ):
-        partners = fakes(stack, Path(tmp), args.seed)
-        t = soak(infra, partners, args.events, args.kills, args.seed, Path(tmp) / "logs")
-    load_after = os.getloadavg()
-    print_tally(t)
-
-    figures: list[dict[str, Any]] = [
+def figures(t: Tally, events: int, kills: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [
         figure(
             "soak_contribution_events",
-            args.events,
+            events,
             "events",
             target=">= 100,000",
-            met=args.events >= 100_000,
+            met=events >= 100_000,
         ),
         figure("soak_events_published", t.published, "events"),
         figure("soak_events_routed", t.routed, "events", target=f"= {t.published:,}"),
@@ -379,9 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "soak_duplicate_effects", t.duplicates, "messages", target="0", met=t.duplicates == 0
         ),
         figure("soak_republished_copies", sum(t.resent.values()), "messages"),
-        figure(
-            "soak_router_kills", t.kills, "SIGKILLs", target=f">= {args.kills}", met=t.kills >= 20
-        ),
+        figure("soak_router_kills", t.kills, "SIGKILLs", target=f">= {kills}", met=t.kills >= 20),
         figure("soak_router_kills_mid_stream", t.mid_stream, "SIGKILLs"),
         figure("soak_broker_restarts", t.broker_restarts, "restarts", target="1"),
         figure("soak_wall_s", t.seconds, "s"),
@@ -400,11 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     peer="applied by the fake",
                     peer_value=t.applied.get(inst, 0),
                 )
-            figures.append(figure_)
-        figures.append(figure(f"soak_{inst}_resent_copies", t.resent.get(inst, 0), "messages"))
+            out.append(figure_)
+        out.append(figure(f"soak_{inst}_resent_copies", t.resent.get(inst, 0), "messages"))
     css_503 = t.css_requests.get(503, 0)
     css_all = sum(t.css_requests.values())
-    figures.append(
+    out.append(
         figure(
             "soak_css_503_share",
             css_503 / css_all if css_all else None,
@@ -412,9 +355,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             target=f"~{CSS_ERROR_RATE}",
         )
     )
+    return out
+
+
+def notes(t: Tally, events: int, window: Window) -> str:
+    css_503 = t.css_requests.get(503, 0)
+    css_all = sum(t.css_requests.values())
     full = t.published >= 100_000 * 1.05
-    notes = (
-        f"Soak: {args.events:,} `contribution.paid` events after their members' enrolments "
+    load_before, load_after = window.load_before, window.load_after
+    return (
+        f"Soak: {events:,} `contribution.paid` events after their members' enrolments "
         f"({t.published:,} canonical events, {t.expected_messages:,} outbound messages: one per "
         f"event and institution) published as a backlog on {PARTITIONS} partitions, then one "
         f"`jokko relay` and one `jokko router` process; the router SIGKILLed {t.kills} times "
@@ -444,7 +394,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         "events/s. What would move it: the fakes in their own process or machine, fewer "
         "router kills (each costs a start-up and a group rejoin), and a quiet machine."
     )
-    write_record(args.name, figures, notes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=100_000,
+        help="contribution events (make bench passes 8,000: about 5 minutes on 2 shared cores)",
+    )
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument(
+        "--name", default="soak", help="record name (the 100,000-event run: soak_100k)"
+    )
+    parser.add_argument("--seed", type=int, default=20261203)
+    args = parser.parse_args(argv)
+
+    window = Window()
+    with (
+        tempfile.TemporaryDirectory(prefix="jokko-soak-") as tmp,
+        infrastructure(Path(tmp)) as infra,
+        ExitStack() as stack,
+    ):
+        partners = fakes(stack, Path(tmp), args.seed)
+        t = soak(infra, partners, args.events, args.kills, args.seed, Path(tmp) / "logs")
+    window.close()
+    print_tally(t)
+    write_record(args.name, figures(t, args.events, args.kills), notes(t, args.events, window))
     ok = t.lost == 0 and t.duplicates == 0 and t.kills >= args.kills and t.broker_restarts == 1
     return 0 if ok else 1
 
