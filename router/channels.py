@@ -54,6 +54,12 @@ EncodeBatch = Callable[[str, Sequence[tuple[str, bytes]]], bytes]
 _REPLAY_WINDOW_S = 600
 """Longer than any partner's tolerance (``router.signing.Verifier``: 300 s by default)."""
 _PRUNE_AT = 10_000
+_TRANSIENT_STATUSES = frozenset({401, 403, 408, 409, 412, 429})
+"""Answers that decide nothing about the message (5xx too): the channel's own failure (401,
+403), a time-out or a throttle, and a FHIR server's concurrency failures — 409 when concurrent
+conditional creates of one identifier clash (HAPI-0550), 412 for a failed precondition. The
+message is sent again later, with back-off; any other answer is read as the ack."""
+_EXPLAINED = frozenset({409, 412})
 
 
 def delivery_of(ack: Ack, batch_ref: str | None = None) -> Delivery:
@@ -169,7 +175,9 @@ class HttpChannel:
     its own format as the acknowledgement.
 
     An answer the adapter reads as an ack is final (accepted or rejected, whatever the HTTP
-    status); 5xx, 401, timeouts, dropped connections and unreadable answers are transient.
+    status: a 400 or 404 OperationOutcome is a rejection with the server's diagnostics); 5xx,
+    401, 403, 408, 409, 412, 429, timeouts, dropped connections and unreadable answers are
+    transient (a 409 or 412 failure names the server's reason when it gives one).
     Members are sent concurrently (``concurrency``), each member's messages one after another.
 
     With ``batch_size`` > 1 and the adapter's ``encode_batch``, messages of different members
@@ -352,8 +360,10 @@ class HttpChannel:
         except httpx.HTTPError as exc:
             return Failure(transport_failure(exc)), sent
         sent = replace(sent, status=response.status_code)
-        if response.status_code >= 500 or response.status_code in (401, 403, 408, 429):
-            return Failure(f"HTTP {response.status_code}"), sent
+        status = response.status_code
+        if status >= 500 or status in _TRANSIENT_STATUSES:
+            why = self._reason(response.content) if status in _EXPLAINED else None
+            return Failure(f"HTTP {status}: {why}" if why else f"HTTP {status}"), sent
         receipt = self._receipt(signed_id, response)
         if isinstance(receipt, Failure):
             return receipt, sent
@@ -362,6 +372,15 @@ class HttpChannel:
             return _Answer(self._parse_ack(response.content), receipt), sent
         except MalformedAck as exc:
             return Failure(f"HTTP {response.status_code}, unreadable answer: {exc}"), sent
+
+    def _reason(self, body: bytes) -> str | None:
+        """The reason an answer gives, read as an ack would be (a FHIR OperationOutcome's
+        diagnostics), or None when it gives none."""
+        try:
+            acks = self._parse_ack(body)
+        except MalformedAck:
+            return None
+        return next((a.reason_text for a in acks if a.reason_text), None)
 
     def _receipt(self, signed_id: str, response: httpx.Response) -> Receipt | Failure | None:
         """The answer's verified signature, None for an unsigned answer that may be applied,
