@@ -49,6 +49,9 @@ from router.signing import (
 )
 
 ParseAck = Callable[[bytes], list[Ack]]
+ParseAnswer = Callable[[bytes, str], list[Ack]]
+"""An adapter's ``parse_answer(raw, message_id)``: the answer to one pushed message, which may
+name no message (a plain FHIR server's); ``parse_ack`` when the adapter has none."""
 EncodeBatch = Callable[[str, Sequence[tuple[str, bytes]]], bytes]
 """An adapter's ``encode_batch(batch_id, [(message_id, body), ...])``: its batch envelope."""
 _REPLAY_WINDOW_S = 600
@@ -228,6 +231,7 @@ class HttpChannel:
         self._encode_batch = encode_batch
         self._institution = institution
         self._parse_ack = adapter.parse_ack
+        self._parse_answer: ParseAnswer | None = getattr(adapter, "parse_answer", None)
         self._url = url
         self._secret = secret
         if client is None:
@@ -336,10 +340,13 @@ class HttpChannel:
         content_type: str,
         timestamp: int,
         carried: tuple[str, ...],
+        *,
+        single: bool = False,
     ) -> tuple[_Answer | Failure, Sent]:
         """The answer's acks (and its receipt), or why the request failed (transient,
         whatever it held), and what the message log keeps of the request. ``signed_id`` is
-        the message's id, or a batch's; ``carried`` the messages in it."""
+        the message's id, or a batch's; ``carried`` the messages in it; ``single``: the
+        request is one message (``signed_id``), the only one its answer can be about."""
         headers = sign_push(
             signed_id, body, timestamp=timestamp, key=self._signing_key, secret=self._secret
         )
@@ -362,22 +369,31 @@ class HttpChannel:
         sent = replace(sent, status=response.status_code)
         status = response.status_code
         if status >= 500 or status in _TRANSIENT_STATUSES:
-            why = self._reason(response.content) if status in _EXPLAINED else None
+            answering = signed_id if single else None
+            why = self._reason(response.content, answering) if status in _EXPLAINED else None
             return Failure(f"HTTP {status}: {why}" if why else f"HTTP {status}"), sent
         receipt = self._receipt(signed_id, response)
         if isinstance(receipt, Failure):
             return receipt, sent
         try:
             # pure adapters; CSS keeps lxml per thread
-            return _Answer(self._parse_ack(response.content), receipt), sent
+            return _Answer(
+                self._read(response.content, signed_id if single else None), receipt
+            ), sent
         except MalformedAck as exc:
             return Failure(f"HTTP {response.status_code}, unreadable answer: {exc}"), sent
 
-    def _reason(self, body: bytes) -> str | None:
+    def _read(self, body: bytes, single: str | None) -> list[Ack]:
+        """The acks of an answer; ``single``: the one message the request carried."""
+        if single is not None and self._parse_answer is not None:
+            return self._parse_answer(body, single)
+        return self._parse_ack(body)
+
+    def _reason(self, body: bytes, single: str | None) -> str | None:
         """The reason an answer gives, read as an ack would be (a FHIR OperationOutcome's
         diagnostics), or None when it gives none."""
         try:
-            acks = self._parse_ack(body)
+            acks = self._read(body, single)
         except MalformedAck:
             return None
         return next((a.reason_text for a in acks if a.reason_text), None)
@@ -397,7 +413,12 @@ class HttpChannel:
 
     def _send(self, p: Parcel) -> Delivery:
         answer, sent = self._post(
-            p.message_id, p.body, p.content_type, self._timestamp(p.message_id), (p.message_id,)
+            p.message_id,
+            p.body,
+            p.content_type,
+            self._timestamp(p.message_id),
+            (p.message_id,),
+            single=True,
         )
         if isinstance(answer, Failure):
             return replace(answer.delivery(p.message_id), sent=sent)

@@ -49,6 +49,34 @@ def parse_ack(raw: bytes) -> list[Ack]:
     return [_one(doc, "")]
 
 
+def parse_answer(raw: bytes, message_id: str) -> list[Ack]:
+    """The HTTP answer to one pushed message: read as ``parse_ack``, except that an answer
+    naming no message is about ``message_id``. A plain FHIR server (HAPI FHIR) echoes no
+    message id: its transaction-response has no ``identifier``, its OperationOutcome no
+    message-id extension; the request it answers is the only message it can be about."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        return parse_ack(raw)  # refused with its reason
+    if isinstance(doc, dict):
+        rtype = doc.get("resourceType")
+        if rtype == "Bundle" and doc.get("type") == "transaction-response":
+            doc.setdefault("identifier", {"system": s.MESSAGE_ID, "value": message_id})
+            return [_one(doc, "")]
+        extensions = doc.get("extension", [])
+        named = isinstance(extensions, list) and any(
+            isinstance(e, dict) and e.get("url") == s.EXT_MESSAGE_ID for e in extensions
+        )
+        if rtype in ("OperationOutcome", "ClaimResponse") and isinstance(extensions, list):
+            if not named:
+                doc["extension"] = [
+                    *extensions,
+                    {"url": s.EXT_MESSAGE_ID, "valueString": message_id},
+                ]
+            return [_one(doc, "")]
+    return parse_ack(raw)
+
+
 def _not_yet(entry: dict[str, Any]) -> bool:
     response = entry.get("response")
     if not isinstance(response, dict):

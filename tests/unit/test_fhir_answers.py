@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import adapters.cmu
-from adapters.base import OutboundAdapter
+from adapters.base import MalformedAck, OutboundAdapter
 from adapters.cmu import systems as s
 from router.channels import HttpChannel
 from router.delivery import Parcel, Result
@@ -163,3 +163,69 @@ def test_parse_ack_skips_batch_entries_that_answer_nothing_yet() -> None:
         ("m-1", "accepted"),
         ("m-4", "rejected"),
     ]
+
+
+# --- a plain FHIR server's answers, which name no message (HAPI FHIR) ---------------------------
+
+HAPI_TRANSACTION_RESPONSE: Json = {
+    "resourceType": "Bundle",
+    "id": "4f0c1a9e-2b6d-4c8e-9a71-0d3e5f6a7b8c",
+    "meta": {"lastUpdated": "2026-12-07T23:40:00.000+00:00"},
+    "type": "transaction-response",
+    "link": [{"relation": "self", "url": "http://127.0.0.1:8080/fhir"}],
+    "entry": [
+        {
+            "response": {
+                "status": "201 Created",
+                "location": "Patient/1/_history/1",
+                "etag": "1",
+                "lastModified": "2026-12-07T23:40:00.000+00:00",
+            }
+        },
+        {"response": {"status": "200 OK", "location": "Organization/2/_history/1", "etag": "1"}},
+    ],
+}
+HAPI_REFUSAL: Json = {
+    "resourceType": "OperationOutcome",
+    "text": {
+        "status": "generated",
+        "div": '<div xmlns="http://www.w3.org/1999/xhtml"><h1>Operation Outcome</h1></div>',
+    },
+    "issue": [{"severity": "error", "code": "processing", "diagnostics": PATCH_REFUSED}],
+}
+
+
+def test_a_plain_fhir_server_s_answers_are_about_the_one_message_pushed() -> None:
+    raw = json.dumps(HAPI_TRANSACTION_RESPONSE).encode()
+    [ack] = adapters.cmu.parse_answer(raw, "m-1")
+    assert (ack.message_id, ack.status.value) == ("m-1", "accepted")
+    assert ack.institution_ref == "Patient/1/_history/1"
+    [ack] = adapters.cmu.parse_answer(json.dumps(HAPI_REFUSAL).encode(), "m-1")
+    assert (ack.message_id, ack.status.value) == ("m-1", "rejected")
+    assert (ack.reason_code, ack.reason_text) == ("processing", PATCH_REFUSED)
+    # an answer naming a message keeps its name; parse_ack still wants one
+    [ack] = adapters.cmu.parse_answer(json.dumps(applied("m-2")).encode(), "m-1")
+    assert ack.message_id == "m-2"
+    with pytest.raises(MalformedAck):
+        adapters.cmu.parse_ack(raw)
+
+
+@pytest.mark.parametrize(
+    ("status", "doc", "result", "reason"),
+    [
+        (200, HAPI_TRANSACTION_RESPONSE, Result.ACCEPTED, None),
+        (400, HAPI_REFUSAL, Result.REJECTED, PATCH_REFUSED),
+        (
+            409,
+            {**HAPI_REFUSAL, "issue": [{**HAPI_REFUSAL["issue"][0], "diagnostics": CREATE_CLASH}]},
+            Result.FAILED,
+            f"HTTP 409: {CREATE_CLASH}",
+        ),
+    ],
+)
+def test_the_channel_reads_a_plain_fhir_server_s_answer_to_a_single_push(
+    status: int, doc: Json, result: Result, reason: str | None
+) -> None:
+    ch = channel(lambda r: fhir(status, doc))
+    [d] = ch.deliver([parcel("m-1", "MSNAS-DK-000001")])
+    assert (d.message_id, d.result, d.reason_text) == ("m-1", result, reason)
