@@ -45,9 +45,9 @@ KIND = "fhir.transaction"
 CONTENT_TYPE = "application/fhir+json"
 MUTUAL_FOR_CMU = "CMU"
 PLAN_CLASS = "Coverage.class.first()"
+"""The FHIRPath of the Coverage's plan class, the one ``class`` every Coverage has."""
 MUTUAL_DECISION_CLAIM_TYPE = "professional"
 """``ClaimResponse.type`` of a mutual's decision (claim-type): the claims it decides."""
-"""The FHIRPath of the Coverage's plan class, the one ``class`` every Coverage has."""
 
 _URN_NAMESPACE = UUID("0b6f3c7e-2a41-5d8e-9c3f-7e1a4b2d6c90")
 
