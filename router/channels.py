@@ -53,11 +53,20 @@ from router.signing import (
 log = logging.getLogger(__name__)
 
 ParseAck = Callable[[bytes], list[Ack]]
+ParseAnswer = Callable[[bytes, str], list[Ack]]
+"""An adapter's ``parse_answer(raw, message_id)``: the answer to one pushed message, which may
+name no message (a plain FHIR server's); ``parse_ack`` when the adapter has none."""
 EncodeBatch = Callable[[str, Sequence[tuple[str, bytes]]], bytes]
 """An adapter's ``encode_batch(batch_id, [(message_id, body), ...])``: its batch envelope."""
 _REPLAY_WINDOW_S = 600
 """Longer than any partner's tolerance (``router.signing.Verifier``: 300 s by default)."""
 _PRUNE_AT = 10_000
+_TRANSIENT_STATUSES = frozenset({401, 403, 408, 409, 412, 429})
+"""Answers that decide nothing about the message (5xx too): the channel's own failure (401,
+403), a time-out or a throttle, and a FHIR server's concurrency failures — 409 when concurrent
+conditional creates of one identifier clash (HAPI-0550), 412 for a failed precondition. The
+message is sent again later, with back-off; any other answer is read as the ack."""
+_EXPLAINED = frozenset({409, 412})
 
 
 def delivery_of(ack: Ack, batch_ref: str | None = None) -> Delivery:
@@ -173,7 +182,9 @@ class HttpChannel:
     its own format as the acknowledgement.
 
     An answer the adapter reads as an ack is final (accepted or rejected, whatever the HTTP
-    status); 5xx, 401, timeouts, dropped connections and unreadable answers are transient.
+    status: a 400 or 404 OperationOutcome is a rejection with the server's diagnostics); 5xx,
+    401, 403, 408, 409, 412, 429, timeouts, dropped connections and unreadable answers are
+    transient (a 409 or 412 failure names the server's reason when it gives one).
     Members are sent concurrently (``concurrency``), each member's messages one after another.
 
     With ``batch_size`` > 1 and the adapter's ``encode_batch``, messages of different members
@@ -228,6 +239,7 @@ class HttpChannel:
         self._encode_batch = encode_batch
         self._institution = institution
         self._parse_ack = adapter.parse_ack
+        self._parse_answer: ParseAnswer | None = getattr(adapter, "parse_answer", None)
         self._url = url
         self._secret = secret
         if client is None:
@@ -344,10 +356,13 @@ class HttpChannel:
         timestamp: int,
         carried: tuple[str, ...],
         detail: Mapping[str, object] | None = None,
+        *,
+        single: bool = False,
     ) -> tuple[_Answer | Failure, Sent]:
         """The answer's acks (and its receipt), or why the request failed (transient,
         whatever it held), and what the message log keeps of the request. ``signed_id`` is
-        the message's id, or a batch's; ``carried`` the messages in it."""
+        the message's id, or a batch's; ``carried`` the messages in it; ``single``: the
+        request is one message (``signed_id``), the only one its answer can be about."""
         headers = sign_push(
             signed_id, body, timestamp=timestamp, key=self._signing_key, secret=self._secret
         )
@@ -369,16 +384,36 @@ class HttpChannel:
         except httpx.HTTPError as exc:
             return Failure(transport_failure(exc)), sent
         sent = replace(sent, status=response.status_code)
-        if response.status_code >= 500 or response.status_code in (401, 403, 408, 429):
-            return Failure(f"HTTP {response.status_code}"), sent
+        status = response.status_code
+        if status >= 500 or status in _TRANSIENT_STATUSES:
+            answering = signed_id if single else None
+            why = self._reason(response.content, answering) if status in _EXPLAINED else None
+            return Failure(f"HTTP {status}: {why}" if why else f"HTTP {status}"), sent
         receipt = self._receipt(signed_id, response)
         if isinstance(receipt, Failure):
             return receipt, sent
         try:
             # pure adapters; CSS keeps lxml per thread
-            return _Answer(self._parse_ack(response.content), receipt), sent
+            return _Answer(
+                self._read(response.content, signed_id if single else None), receipt
+            ), sent
         except MalformedAck as exc:
             return Failure(f"HTTP {response.status_code}, unreadable answer: {exc}"), sent
+
+    def _read(self, body: bytes, single: str | None) -> list[Ack]:
+        """The acks of an answer; ``single``: the one message the request carried."""
+        if single is not None and self._parse_answer is not None:
+            return self._parse_answer(body, single)
+        return self._parse_ack(body)
+
+    def _reason(self, body: bytes, single: str | None) -> str | None:
+        """The reason an answer gives, read as an ack would be (a FHIR OperationOutcome's
+        diagnostics), or None when it gives none."""
+        try:
+            acks = self._read(body, single)
+        except MalformedAck:
+            return None
+        return next((a.reason_text for a in acks if a.reason_text), None)
 
     def _receipt(self, signed_id: str, response: httpx.Response) -> Receipt | Failure | None:
         """The answer's verified signature, None for an unsigned answer that may be applied,
@@ -395,7 +430,12 @@ class HttpChannel:
 
     def _send(self, p: Parcel) -> Delivery:
         answer, sent = self._post(
-            p.message_id, p.body, p.content_type, self._timestamp(p.message_id), (p.message_id,)
+            p.message_id,
+            p.body,
+            p.content_type,
+            self._timestamp(p.message_id),
+            (p.message_id,),
+            single=True,
         )
         if isinstance(answer, Failure):
             return replace(answer.delivery(p.message_id), sent=sent)

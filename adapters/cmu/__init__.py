@@ -7,7 +7,7 @@ updates and patches keyed on business identifiers, so CMU applies a re-sent mess
 from __future__ import annotations
 
 from adapters.base import Institution
-from adapters.cmu.acks import parse_ack
+from adapters.cmu.acks import parse_ack, parse_answer
 from adapters.cmu.batch import encode_batch, split_batch
 from adapters.cmu.mapping import FORMAT_VERSION, translate
 from adapters.cmu.validation import validate
@@ -19,6 +19,7 @@ __all__ = [
     "INSTITUTION",
     "encode_batch",
     "parse_ack",
+    "parse_answer",
     "split_batch",
     "translate",
     "validate",

@@ -15,6 +15,9 @@ from schemas.errors import FieldError, InvalidEvent
 from schemas.payloads import ClaimAdjudicatedPayload, ClaimOutcome
 
 _SUCCESS = frozenset({"200", "201"})
+_NOT_YET = frozenset({"408", "409", "412", "429"})
+"""Statuses of a batch-response entry that answer nothing yet: a conflict between concurrent
+conditional creates (409), a failed precondition (412), a time-out or a throttle. 5xx too."""
 _FAILURE_SEVERITIES = frozenset({"error", "fatal"})
 CMU_ADJUDICATOR = "CMU"
 
@@ -39,9 +42,47 @@ def parse_ack(raw: bytes) -> list[Ack]:
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
                 _fail(join("entry", i, "resource"), "must be an ack resource", "missing")
+            if _not_yet(entry):
+                continue  # the message is not answered: it is sent again (FORMAT.md §6)
             acks.append(_one(entry["resource"], join("entry", i, "resource")))
         return acks
     return [_one(doc, "")]
+
+
+def parse_answer(raw: bytes, message_id: str) -> list[Ack]:
+    """The HTTP answer to one pushed message: read as ``parse_ack``, except that an answer
+    naming no message is about ``message_id``. A plain FHIR server (HAPI FHIR) echoes no
+    message id: its transaction-response has no ``identifier``, its OperationOutcome no
+    message-id extension; the request it answers is the only message it can be about."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        return parse_ack(raw)  # refused with its reason
+    if isinstance(doc, dict):
+        rtype = doc.get("resourceType")
+        if rtype == "Bundle" and doc.get("type") == "transaction-response":
+            doc.setdefault("identifier", {"system": s.MESSAGE_ID, "value": message_id})
+            return [_one(doc, "")]
+        extensions = doc.get("extension", [])
+        named = isinstance(extensions, list) and any(
+            isinstance(e, dict) and e.get("url") == s.EXT_MESSAGE_ID for e in extensions
+        )
+        if rtype in ("OperationOutcome", "ClaimResponse") and isinstance(extensions, list):
+            if not named:
+                doc["extension"] = [
+                    *extensions,
+                    {"url": s.EXT_MESSAGE_ID, "valueString": message_id},
+                ]
+            return [_one(doc, "")]
+    return parse_ack(raw)
+
+
+def _not_yet(entry: dict[str, Any]) -> bool:
+    response = entry.get("response")
+    if not isinstance(response, dict):
+        return False
+    status = str(response.get("status", "")).split(" ", 1)[0]
+    return status in _NOT_YET or (len(status) == 3 and status.startswith("5"))
 
 
 def _one(resource: dict[str, Any], loc: str) -> Ack:

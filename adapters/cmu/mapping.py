@@ -1,4 +1,4 @@
-"""Canonical events -> FHIR R4B transaction Bundles (CMU wire format v1, see FORMAT.md).
+"""Canonical events -> FHIR R4B transaction Bundles (CMU wire format v2, see FORMAT.md).
 
 Resources are built as plain JSON objects and serialised canonically (sorted keys, no
 whitespace, UTF-8): the same event always gives the same bytes. ``validate`` parses them back
@@ -40,10 +40,14 @@ from schemas.types import Branch, MemberStatus, Package, Relationship
 
 Json = dict[str, Any]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KIND = "fhir.transaction"
 CONTENT_TYPE = "application/fhir+json"
 MUTUAL_FOR_CMU = "CMU"
+PLAN_CLASS = "Coverage.class.first()"
+"""The FHIRPath of the Coverage's plan class, the one ``class`` every Coverage has."""
+MUTUAL_DECISION_CLAIM_TYPE = "professional"
+"""``ClaimResponse.type`` of a mutual's decision (claim-type): the claims it decides."""
 
 _URN_NAMESPACE = UUID("0b6f3c7e-2a41-5d8e-9c3f-7e1a4b2d6c90")
 
@@ -54,6 +58,8 @@ _ROLE_CODES = {
     Relationship.WARD: ("WARD", "ward"),
 }
 _PACKAGE_NAMES = {Package.BASE: "Paquet de base", Package.COMPLEMENTARY: "Paquet complémentaire"}
+_ORGANIZATION_NAMES = {MUTUAL_FOR_CMU: "Agence de la Couverture Maladie Universelle"}
+"""Names of the organisations referenced by code; any other (the mutual) is named by its code."""
 _COVERAGE_STATUS = {
     MemberStatus.ACTIVE: "active",
     MemberStatus.SUSPENDED: "cancelled",
@@ -78,7 +84,8 @@ def _identifier(system: str, value: str) -> Json:
 
 
 def _ref(resource_type: str, system: str, value: str) -> Json:
-    """A logical reference: CMU resolves it by identifier, whatever its own resource ids."""
+    """A logical reference, by identifier only: for what CMU does not hold (the operator's
+    payment). Everything CMU holds is referenced through ``_Bundle.ref``, which resolves."""
     return {"type": resource_type, "identifier": _identifier(system, value)}
 
 
@@ -102,22 +109,6 @@ def _beneficiary_system(member_id: str, beneficiary_id: str) -> str:
     return s.MEMBER_ID if beneficiary_id == member_id else s.DEPENDENT_ID
 
 
-def _patient_ref(member_id: str, beneficiary_id: str) -> Json:
-    return _ref("Patient", _beneficiary_system(member_id, beneficiary_id), beneficiary_id)
-
-
-def _coverage_ref(member_id: str) -> Json:
-    return _ref("Coverage", s.COVERAGE_ID, member_id)
-
-
-def _org_ref(code: str) -> Json:
-    return _ref("Organization", s.MUTUAL, code)
-
-
-def _provider_ref(agreement: str) -> Json:
-    return _ref("Organization", s.PROVIDER_AGREEMENT, agreement)
-
-
 def _name(given: str, family: str) -> Json:
     # Senegalese given names are often compound ("Ndèye Fatou", "Serigne Saliou"): kept whole.
     return {"use": "official", "family": family, "given": [given]}
@@ -132,39 +123,42 @@ def _address(region: str, departement: str) -> Json:
 
 
 class _Bundle:
-    """Collects the entries of one transaction; fullUrls are uuid5 of the event and the key."""
+    """Collects the entries of one transaction; fullUrls are uuid5 of the event and the key.
+
+    References resolve on a FHIR server (FORMAT.md §1, "References"): to a resource of this
+    transaction by its ``urn:uuid`` fullUrl, to one created by an earlier message by a
+    conditional reference (``Patient?identifier=<system>|<value>``), which the server resolves
+    to its own id. Either way ``Reference.identifier`` is kept for readers.
+    """
 
     def __init__(self, event: CanonicalEvent) -> None:
         self.event = event
         self.entries: list[Json] = []
+        self._held: dict[str, str] = {}  # "<type>|<system>|<value>" -> fullUrl, in this bundle
 
     def _full_url(self, key: str) -> str:
         return f"urn:uuid:{uuid.uuid5(_URN_NAMESPACE, f'{self.event.event_id}:{key}')}"
 
+    def _add(self, resource: Json, system: str, value: str, request: Json) -> None:
+        key = f"{resource['resourceType']}|{system}|{value}"
+        full_url = self._full_url(key)
+        self._held[key] = full_url
+        self.entries.append({"fullUrl": full_url, "resource": resource, "request": request})
+
     def create(self, resource: Json, system: str, value: str) -> None:
         """Conditional create: the partner creates it only if no resource has the identifier."""
         rtype = resource["resourceType"]
-        self.entries.append(
-            {
-                "fullUrl": self._full_url(f"{rtype}|{system}|{value}"),
-                "resource": resource,
-                "request": {
-                    "method": "POST",
-                    "url": rtype,
-                    "ifNoneExist": f"identifier={system}|{value}",
-                },
-            }
-        )
+        request = {"method": "POST", "url": rtype, "ifNoneExist": f"identifier={system}|{value}"}
+        self._add(resource, system, value, request)
 
     def update(self, resource: Json, system: str, value: str) -> None:
         """Conditional update: create or replace the one resource with the identifier."""
         rtype = resource["resourceType"]
-        self.entries.append(
-            {
-                "fullUrl": self._full_url(f"{rtype}|{system}|{value}"),
-                "resource": resource,
-                "request": {"method": "PUT", "url": f"{rtype}?identifier={system}|{value}"},
-            }
+        self._add(
+            resource,
+            system,
+            value,
+            {"method": "PUT", "url": f"{rtype}?identifier={system}|{value}"},
         )
 
     def patch(self, rtype: str, system: str, value: str, operations: list[Json]) -> None:
@@ -176,6 +170,54 @@ class _Bundle:
                 "request": {"method": "PATCH", "url": f"{rtype}?identifier={system}|{value}"},
             }
         )
+
+    def ref(self, rtype: str, system: str, value: str) -> Json:
+        """A reference the server resolves: this transaction's entry if it holds the target,
+        else a conditional reference to the resource an earlier message created."""
+        target = self._held.get(f"{rtype}|{system}|{value}")
+        if target is None:
+            target = f"{rtype}?identifier={system}|{value}"
+        return {"reference": target, "type": rtype, "identifier": _identifier(system, value)}
+
+    def organization(self, code: str) -> Json:
+        """The mutual (``MSNAS``) or CMU, created in this transaction if absent from the
+        server, so that a reference to it never dangles."""
+        if f"Organization|{s.MUTUAL}|{code}" not in self._held:
+            self.create(
+                {
+                    "resourceType": "Organization",
+                    "identifier": [_identifier(s.MUTUAL, code)],
+                    "active": True,
+                    "type": [_concept(s.ORGANIZATION_TYPE, "ins", "Insurance Company")],
+                    "name": _ORGANIZATION_NAMES.get(code, code),
+                },
+                s.MUTUAL,
+                code,
+            )
+        return self.ref("Organization", s.MUTUAL, code)
+
+    def provider(self, agreement: str) -> Json:
+        """A care provider by agreement number, created in this transaction if absent from the
+        server (identifier only: its ``provider.agreement_signed`` conditional update, before
+        or after, writes the whole provider)."""
+        if f"Organization|{s.PROVIDER_AGREEMENT}|{agreement}" not in self._held:
+            self.create(
+                {
+                    "resourceType": "Organization",
+                    "identifier": [_identifier(s.PROVIDER_AGREEMENT, agreement)],
+                    "type": [_concept(s.ORGANIZATION_TYPE, "prov", "Healthcare Provider")],
+                },
+                s.PROVIDER_AGREEMENT,
+                agreement,
+            )
+        return self.ref("Organization", s.PROVIDER_AGREEMENT, agreement)
+
+    def patient(self, member_id: str, beneficiary_id: str) -> Json:
+        """The care recipient: the member's Patient or a dependent's."""
+        return self.ref("Patient", _beneficiary_system(member_id, beneficiary_id), beneficiary_id)
+
+    def coverage(self, member_id: str) -> Json:
+        return self.ref("Coverage", s.COVERAGE_ID, member_id)
 
     def document(self, message: str) -> Json:
         e = self.event
@@ -238,7 +280,7 @@ def _dependent_resources(b: _Bundle, member_id: str, dependent: Dependent, since
             "resourceType": "RelatedPerson",
             "identifier": [_identifier(s.DEPENDENT_ID, dependent.dependent_id)],
             "active": True,
-            "patient": _ref("Patient", s.MEMBER_ID, member_id),
+            "patient": b.ref("Patient", s.MEMBER_ID, member_id),
             "relationship": [_concept(s.ROLE_CODE, code, display)],
             "name": [_name(i.given_names, i.family_name)],
             "gender": i.sex.value,
@@ -270,7 +312,8 @@ def _enrolled(b: _Bundle, e: MemberEnrolled) -> None:
     )
     for dependent in p.dependents:
         _dependent_resources(b, e.member_id, dependent, since)
-    member = _ref("Patient", s.MEMBER_ID, e.member_id)
+    member = b.ref("Patient", s.MEMBER_ID, e.member_id)
+    payor = b.organization(e.source.mutual)
     b.create(
         {
             "resourceType": "Coverage",
@@ -283,7 +326,7 @@ def _enrolled(b: _Bundle, e: MemberEnrolled) -> None:
             "beneficiary": member,
             "relationship": _concept(s.SUBSCRIBER_RELATIONSHIP, "self"),
             "period": {"start": since},
-            "payor": [_org_ref(e.source.mutual)],
+            "payor": [payor],
             "class": [_package_class(p.package)],
             "extension": [{"url": s.EXT_MEMBER_STATUS, "valueCode": MemberStatus.ACTIVE.value}],
         },
@@ -341,19 +384,16 @@ def _updated(b: _Bundle, e: MemberUpdated) -> None:
     if ops:
         b.patch("Patient", s.MEMBER_ID, e.member_id, ops)
     if c.package is not None:
+        # The plan is the Coverage's one class (class[0]): a path filtering on a nested element,
+        # ``class.where(type.coding.code='plan')``, is one HAPI FHIR's patch engine refuses
+        # (HAPI-2719), and the old package it could filter on instead is not in the event.
         b.patch(
             "Coverage",
             s.COVERAGE_ID,
             e.member_id,
             [
-                _replace(
-                    "Coverage.class.where(type.coding.code='plan').value", "String", c.package.value
-                ),
-                _replace(
-                    "Coverage.class.where(type.coding.code='plan').name",
-                    "String",
-                    _PACKAGE_NAMES[c.package],
-                ),
+                _replace(f"{PLAN_CLASS}.value", "String", c.package.value),
+                _replace(f"{PLAN_CLASS}.name", "String", _PACKAGE_NAMES[c.package]),
             ],
         )
     # Opted branches other than health are none of CMU's business: an update that changes only
@@ -412,17 +452,21 @@ def _month(period: str) -> Json:
     return {"start": f"{period}-01", "end": f"{period}-{last:02d}"}
 
 
-def _payment_notice(e: ContributionPaid | ContributionReversed, status: str, share: int) -> Json:
+def _payment_notice(
+    b: _Bundle, e: ContributionPaid | ContributionReversed, status: str, share: int
+) -> Json:
+    payee, recipient = b.organization(e.source.mutual), b.organization(MUTUAL_FOR_CMU)
     return {
         "resourceType": "PaymentNotice",
         "identifier": [_identifier(s.CONTRIBUTION_ID, str(e.event_id))],
         "status": "active",
-        "request": _coverage_ref(e.member_id),
+        "request": b.coverage(e.member_id),
         "created": _instant(e.occurred_at),
+        # The operator's payment, which CMU does not hold: a logical reference by design.
         "payment": _ref("PaymentReconciliation", s.PAYMENT_REFERENCE, e.payload.payment_reference),
         "paymentDate": e.occurred_at.date().isoformat(),
-        "payee": _org_ref(e.source.mutual),
-        "recipient": _org_ref(MUTUAL_FOR_CMU),
+        "payee": payee,
+        "recipient": recipient,
         "amount": _xof(share),
         "paymentStatus": _concept(s.PAYMENT_STATUS, status),
         "extension": [{"url": s.EXT_CONTRIBUTION_PERIOD, "valuePeriod": _month(e.payload.period)}],
@@ -437,13 +481,13 @@ def _health_share(e: ContributionPaid | ContributionReversed) -> int:
 
 
 def _paid(b: _Bundle, e: ContributionPaid) -> None:
-    notice = _payment_notice(e, "paid", _health_share(e))
+    notice = _payment_notice(b, e, "paid", _health_share(e))
     notice["extension"].append({"url": s.EXT_PAYMENT_CHANNEL, "valueCode": e.payload.channel.value})
     b.create(notice, s.CONTRIBUTION_ID, str(e.event_id))
 
 
 def _reversed(b: _Bundle, e: ContributionReversed) -> None:
-    notice = _payment_notice(e, "reversed", _health_share(e))
+    notice = _payment_notice(b, e, "reversed", _health_share(e))
     notice["extension"] += [
         {
             "url": s.EXT_REVERSAL_OF,
@@ -461,6 +505,7 @@ def _claim_submitted(b: _Bundle, e: ClaimSubmitted) -> None:
     p = e.payload
     maternity = p.kind is ClaimKind.MATERNITY
     service_date = p.service_date.isoformat()
+    insurer, provider = b.organization(MUTUAL_FOR_CMU), b.provider(p.provider_agreement)
     b.create(
         {
             "resourceType": "Claim",
@@ -469,13 +514,13 @@ def _claim_submitted(b: _Bundle, e: ClaimSubmitted) -> None:
             "type": _concept(s.CLAIM_TYPE, "institutional" if maternity else "professional"),
             "subType": _concept(s.CLAIM_KIND, p.kind.value),
             "use": "claim",
-            "patient": _patient_ref(e.member_id, p.beneficiary_id),
+            "patient": b.patient(e.member_id, p.beneficiary_id),
             "billablePeriod": {"start": service_date, "end": service_date},
             "created": _instant(e.occurred_at),
-            "insurer": _org_ref(MUTUAL_FOR_CMU),
-            "provider": _provider_ref(p.provider_agreement),
+            "insurer": insurer,
+            "provider": provider,
             "priority": _concept(s.PROCESS_PRIORITY, "normal"),
-            "insurance": [{"sequence": 1, "focal": True, "coverage": _coverage_ref(e.member_id)}],
+            "insurance": [{"sequence": 1, "focal": True, "coverage": b.coverage(e.member_id)}],
             "diagnosis": [
                 {"sequence": n, "diagnosisCodeableConcept": _concept(s.ICD10, code)}
                 for n, code in enumerate(p.diagnoses, start=1)
@@ -504,18 +549,22 @@ def _claim_adjudicated(b: _Bundle, e: ClaimAdjudicated) -> None:
     if p.adjudicator == MUTUAL_FOR_CMU:
         raise UnsupportedEvent("CMU's own decisions are never sent back to CMU")
     decision_id = f"{p.claim_id}/{p.adjudicator}"
-    b.create(
+    insurer = b.organization(p.adjudicator)
+    # A conditional update, not a create: a re-adjudication (same decision id, new content)
+    # replaces the decision CMU holds instead of being matched and dropped.
+    b.update(
         {
             "resourceType": "ClaimResponse",
             "identifier": [_identifier(s.CLAIM_DECISION_ID, decision_id)],
             "status": "active",
-            # The decision does not repeat the claim's type: the referenced Claim has it.
-            "type": {"text": "as in the referenced claim"},
+            # The event does not carry the claim's kind: the mutual decides on the claims of
+            # its health package (professional care); maternity care is CMU's to decide.
+            "type": _concept(s.CLAIM_TYPE, MUTUAL_DECISION_CLAIM_TYPE),
             "use": "claim",
-            "patient": _ref("Patient", s.MEMBER_ID, e.member_id),
+            "patient": b.ref("Patient", s.MEMBER_ID, e.member_id),
             "created": _instant(e.occurred_at),
-            "insurer": _org_ref(p.adjudicator),
-            "request": _ref("Claim", s.CLAIM_ID, p.claim_id),
+            "insurer": insurer,
+            "request": b.ref("Claim", s.CLAIM_ID, p.claim_id),
             "outcome": "complete",
             "disposition": p.outcome.value,
             "total": [
@@ -549,20 +598,21 @@ def _claim_adjudicated(b: _Bundle, e: ClaimAdjudicated) -> None:
 
 def _maternity(b: _Bundle, e: MaternityDeclared) -> None:
     p = e.payload
+    provider = None if p.prenatal_provider is None else b.provider(p.prenatal_provider)
     episode: Json = {
         "resourceType": "EpisodeOfCare",
         "identifier": [_identifier(s.PREGNANCY_ID, p.pregnancy_id)],
         "status": "active",
         "type": [_concept(s.EPISODE_TYPE, "maternity", "Prenatal and delivery care")],
-        "patient": _patient_ref(e.member_id, p.beneficiary_id),
+        "patient": b.patient(e.member_id, p.beneficiary_id),
         "period": {"start": p.pregnancy_confirmed_on.isoformat()},
         "extension": [
             {"url": s.EXT_EXPECTED_DELIVERY, "valueDate": p.expected_delivery_date.isoformat()},
             {"url": s.EXT_MULTIPLE_PREGNANCY, "valueBoolean": p.multiple_pregnancy},
         ],
     }
-    if p.prenatal_provider is not None:
-        episode["managingOrganization"] = _provider_ref(p.prenatal_provider)
+    if provider is not None:
+        episode["managingOrganization"] = provider
     b.create(episode, s.PREGNANCY_ID, p.pregnancy_id)
 
 

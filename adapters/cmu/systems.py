@@ -1,4 +1,4 @@
-"""Identifier systems, code systems and extension URLs of the CMU wire format v1.
+"""Identifier systems, code systems and extension URLs of the CMU wire format (v2).
 
 Jokko defines them (no Senegalese FHIR implementation guide publishes any); FORMAT.md lists
 them with their meaning. They are part of the format: changing one is a new FORMAT_VERSION.
@@ -46,6 +46,8 @@ ADJUDICATION: Final = "http://terminology.hl7.org/CodeSystem/adjudication"
 ADJUDICATION_REASON: Final = "https://msnas.sn/fhir/CodeSystem/adjudication-reason"
 TARIFF: Final = "https://msnas.sn/fhir/CodeSystem/tariff"
 """Act, drug and stay codes of the providers' agreed tariff (``CONS-GEN``)."""
+ORGANIZATION_TYPE: Final = "http://terminology.hl7.org/CodeSystem/organization-type"
+"""``ins`` (the mutual, CMU) | ``prov`` (a care provider): Organizations Jokko creates."""
 COVERAGE_CLASS: Final = "http://terminology.hl7.org/CodeSystem/coverage-class"
 ACT_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 ROLE_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"

@@ -1,8 +1,10 @@
-"""``validate``: a translated message against the CMU format v1 (R4B plus Jokko's rules)."""
+"""``validate``: a translated message against the CMU format (R4B plus Jokko's rules)."""
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from typing import Any
 
 from adapters.base import Institution, InvalidMessage, OutboundMessage
@@ -12,6 +14,9 @@ from adapters.cmu.mapping import CONTENT_TYPE, FORMAT_VERSION, canonical_json
 from schemas.errors import FieldError
 
 _METHODS = {"POST", "PUT", "PATCH"}
+_CONDITIONAL = re.compile(r"^([A-Z][A-Za-z]+)\?identifier=([^|]+)\|(.+)$")
+LOGICAL_ONLY = frozenset({"PaymentReconciliation"})
+"""Reference types that stay logical (identifier only): records CMU does not hold."""
 
 
 def validate(message: OutboundMessage) -> None:
@@ -79,4 +84,60 @@ def _bundle_rules(doc: dict[str, Any], message_id: str) -> list[FieldError]:
                     "request",
                 )
             )
+    return errors + _reference_errors(entries if isinstance(entries, list) else [])
+
+
+def _references(node: Any, loc: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every Reference in ``node``: an object with a ``reference``, or a typed ``identifier``."""
+    if isinstance(node, dict):
+        typed = isinstance(node.get("type"), str) and isinstance(node.get("identifier"), dict)
+        if "reference" in node or typed:
+            yield loc, node
+            return
+        for key, item in node.items():
+            yield from _references(item, join(loc, key))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _references(item, join(loc, i))
+
+
+def _reference_errors(entries: list[Any]) -> list[FieldError]:
+    """References resolve on a FHIR server (FORMAT.md §1): to an entry of this transaction that
+    writes a resource, or conditionally by identifier to one an earlier message created."""
+    written = {
+        e.get("fullUrl")
+        for e in entries
+        if isinstance(e, dict) and isinstance(e.get("request"), dict)
+        if e["request"].get("method") in ("POST", "PUT")
+    }
+    errors = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            continue
+        for loc, ref in _references(entry["resource"], join("entry", i, "resource")):
+            problem = _reference_problem(ref, written)
+            if problem is not None:
+                errors.append(FieldError(loc, problem, "reference"))
     return errors
+
+
+def _reference_problem(ref: dict[str, Any], written: set[Any]) -> str | None:
+    target, rtype, ident = ref.get("reference"), ref.get("type"), ref.get("identifier")
+    if target is None:
+        if rtype in LOGICAL_ONLY:
+            return None
+        return "must be resolvable: a fullUrl of this transaction or a conditional reference"
+    if not isinstance(target, str):
+        return "must be a string"
+    if target.startswith("urn:uuid:"):
+        if target not in written:
+            return "must be the fullUrl of a resource this transaction creates or updates"
+        return None
+    match = _CONDITIONAL.match(target)
+    if match is None:
+        return "must be a fullUrl of this transaction or <Type>?identifier=<system>|<value>"
+    if rtype is not None and rtype != match[1]:
+        return f"is a reference to {match[1]}, not to its type {rtype}"
+    if ident is not None and ident != {"system": match[2], "value": match[3]}:
+        return "must name the identifier it searches"
+    return None

@@ -228,6 +228,11 @@ class HttpFake:
         institution's own fault knob; the base never loses one)."""
         return False
 
+    def process(self, message_id: str, body: bytes, content_type: str) -> Answer:
+        """One message, its signature taken as verified, processed as a request carrying it
+        would be (without transport faults): what contract tests run in process."""
+        return self._process(message_id, body, content_type)
+
     def _process(self, message_id: str, body: bytes, content_type: str) -> Answer:
         prior = self.recorder.accepted_before(message_id)
         first, answer = prior if prior is not None else (None, None)

@@ -8,6 +8,15 @@ Answers, every one readable by ``adapters.cmu.parse_ack``:
 * 400 ``OperationOutcome`` (reason ``R001``) for a body that is not an R4B transaction Bundle or
   whose identifier is not the signed ``webhook-id``; 415 likewise for another content type;
 * 422 ``OperationOutcome`` (``R042`` unless ``Faults.reject_code``) for ``reject_members``;
+* what a real FHIR server (HAPI FHIR 8.8 JPA) refuses, refused alike, with HAPI's diagnostics in
+  an ``OperationOutcome`` (issue code ``processing``, no CMU reason code), nothing applied:
+  400 ``HAPI-2719`` for a FHIRPath Patch whose path filters a list on a nested path
+  (``class.where(type.coding.code='plan')``; ``where(use='home')``, ``.first()`` and an index
+  apply), 404 ``HAPI-1091`` for a conditional reference (``Patient?identifier=S|V``) whose
+  target is neither in the fake's store (every identifier of every resource it created or
+  updated) nor written by the same transaction, 400 for a ``urn:uuid`` reference to no entry;
+* 409 ``HAPI-0550`` (conditional constraint failure) for a transaction with a conditional
+  create while ``Faults.create_clashes`` lasts: two concurrent creates of one identifier;
 * with ``adjudicate_claims`` set to an outcome, a transaction holding a Claim is decided at
   once: 200 ``batch-response`` Bundle whose entries are the transaction-response and CMU's
   ``ClaimResponse`` (``outcome complete``, the message id in its extension, ``submitted`` =
@@ -26,6 +35,7 @@ its own failure (wrong key), never as CMU rejecting the message.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import Counter
 from typing import Any
@@ -70,6 +80,133 @@ def operation_outcome(message_id: str | None, code: str, text: str, *, issue: st
     if message_id is not None:
         doc["extension"] = [{"url": s.EXT_MESSAGE_ID, "valueString": message_id}]
     return doc
+
+
+def hapi_outcome(message_id: str, issue: str, diagnostics: str) -> Json:
+    """An ``OperationOutcome`` as HAPI FHIR writes one (diagnostics, no coded details), with
+    CMU's gateway's message-id extension."""
+    return {
+        "resourceType": "OperationOutcome",
+        "extension": [{"url": s.EXT_MESSAGE_ID, "valueString": message_id}],
+        "issue": [{"severity": "error", "code": issue, "diagnostics": diagnostics}],
+    }
+
+
+PATCH_REFUSED = "HAPI-2719: No runtime definition found for patch operation."
+CREATE_CLASH = (
+    "HAPI-0550: HAPI-0825: The operation has failed with a conditional constraint failure. "
+    "This generally means that two clients/threads were trying to perform a conditional create "
+    "or update at the same time which would have resulted in duplicate resources being created."
+)
+_CONDITIONAL_REF = re.compile(r"^([A-Z][A-Za-z]+)\?identifier=([^|]+)\|(.+)$")
+
+
+def _criteria(path: str) -> list[str]:
+    """The arguments of the function calls in a FHIRPath (``where(...)``), string literals
+    blanked out, so that a dot left in one is a navigation, not part of a URL."""
+    found: list[str] = []
+    depth, current, quoted = 0, "", False
+    for char in path:
+        if quoted:
+            quoted = char != "'"
+            current += "_" if quoted and depth else ""
+            continue
+        if char == "'":
+            quoted = True
+            continue
+        if char == "(":
+            depth += 1
+            if depth == 1:
+                current = ""
+                continue
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                found.append(current)
+                continue
+        if depth:
+            current += char
+    return found
+
+
+def unapplied_patch_path(path: str) -> bool:
+    """Whether HAPI FHIR's patch engine refuses ``path`` (HAPI-2719): a list filtered on a
+    nested element (``where(type.coding.code='plan')``). It applies filters on a direct child
+    (``where(use='home')``, ``where(url='https://…')``), ``.first()`` and an index."""
+    return any("." in criterion for criterion in _criteria(path))
+
+
+def _patch_paths(parameters: Json) -> list[str]:
+    paths = []
+    for op in parameters.get("parameter", ()):
+        for part in op.get("part", ()):
+            if part.get("name") == "path" and isinstance(part.get("valueString"), str):
+                paths.append(part["valueString"])
+    return paths
+
+
+def _references(node: Any, loc: str) -> list[tuple[str, str]]:
+    """(path, reference) of every ``Reference.reference`` in ``node``."""
+    out: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str):
+            out.append((loc, node["reference"]))
+        for key, item in node.items():
+            if key != "reference":
+                out += _references(item, f"{loc}.{key}")
+    elif isinstance(node, list):
+        for item in node:
+            out += _references(item, loc)
+    return out
+
+
+def _identifiers(resource: Json) -> set[tuple[str, str, str]]:
+    rtype = resource.get("resourceType", "")
+    return {
+        (rtype, i["system"], i["value"])
+        for i in resource.get("identifier", ())
+        if isinstance(i, dict)
+        and isinstance(i.get("system"), str)
+        and isinstance(i.get("value"), str)
+    }
+
+
+def written(doc: Json) -> tuple[set[str], set[tuple[str, str, str]]]:
+    """The fullUrls and the identifiers of the resources a transaction creates or updates."""
+    urls, idents = set(), set()
+    for entry in doc.get("entry", ()):
+        if entry.get("request", {}).get("method") in ("POST", "PUT"):
+            urls.add(entry.get("fullUrl"))
+            idents |= _identifiers(entry.get("resource") or {})
+    return urls, idents
+
+
+def server_refusal(doc: Json, held: set[tuple[str, str, str]]) -> tuple[int, str] | None:
+    """What a FHIR server refuses in a transaction, as (HTTP status, diagnostics), or None.
+    ``held``: the identifiers of the resources the server holds."""
+    urls, idents = written(doc)
+    for entry in doc.get("entry", ()):
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") == "Parameters":
+            for path in _patch_paths(resource):
+                if unapplied_patch_path(path):
+                    return 400, PATCH_REFUSED
+            continue
+        for where, ref in _references(resource, resource.get("resourceType", "")):
+            if ref.startswith("urn:uuid:") and ref not in urls:
+                return 400, f"Resource {ref} not found, specified in path: {where}"
+            match = _CONDITIONAL_REF.match(ref)
+            if match is not None:
+                key = (match[1], match[2], match[3])
+                if key not in idents and key not in held:
+                    return 404, (
+                        f'HAPI-1091: Invalid match URL "{ref}" - No resources match this search'
+                    )
+    return None
+
+
+def _creates(doc: Json) -> bool:
+    return any(e.get("request", {}).get("method") == "POST" for e in doc.get("entry", ()))
 
 
 def member_of(doc: Any) -> str | None:
@@ -188,6 +325,10 @@ class FakeCMU(HttpFake):
         """How many answers carrying a decision are lost, per claim message."""
         self._decided: Counter[str] = Counter()  # message id -> answers with its decision
         self._decided_lock = threading.Lock()
+        self.held: set[tuple[str, str, str]] = set()
+        """(type, system, value) of every identifier of every resource created or updated:
+        what a conditional reference resolves against."""
+        self._held_lock = threading.Lock()
 
     def lose_answer(self, message_id: str) -> bool:
         with self._decided_lock:
@@ -207,7 +348,8 @@ class FakeCMU(HttpFake):
             if doc.get("type") == "batch-response":
                 entries.extend(doc["entry"])
             else:
-                entries.append({"resource": doc})
+                # each message's own status: a 409 is to be tried again, not a rejection
+                entries.append({"resource": doc, "response": {"status": str(a.status)}})
         batch: Json = {
             "resourceType": "Bundle",
             "id": f"cmu-batch-{self.recorder.next_seq()}",
@@ -247,6 +389,18 @@ class FakeCMU(HttpFake):
             return refused(
                 422, code, REASON_TEXTS.get(code, "Refusé par la CMU"), "business-rule", member
             )
+
+        def server_refused(status: int, issue: str, text: str) -> tuple[Answer, ReceivedMessage]:
+            answer = _fhir(hapi_outcome(message_id, issue, text), status)
+            return answer, ReceivedMessage(message_id, member, body, AckStatus.REJECTED, issue)
+
+        with self._held_lock:  # checked and applied as one transaction
+            refusal = server_refusal(doc, self.held)
+            if refusal is not None:
+                return server_refused(refusal[0], "processing", refusal[1])
+            if _creates(doc) and self.faults.clash():
+                return server_refused(409, "conflict", CREATE_CLASH)
+            self.held |= written(doc)[1]
         n = self.recorder.next_seq()
         entries = []
         for k, entry in enumerate(doc.get("entry", []), start=1):

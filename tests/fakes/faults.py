@@ -45,6 +45,10 @@ class Faults:
     """File/Kafka-style acks are written this long after the declaration is read."""
     down: bool = False
     """Every request is answered 503 at once."""
+    create_clashes: int = 0
+    """The next this many transactions holding a conditional create are answered 409, nothing
+    applied: a FHIR server's answer when a concurrent transaction has just created the same
+    identifier (HAPI FHIR: HAPI-0550 conditional constraint failure). CMU's fake only."""
     seed: int = 0
     _rng: random.Random = field(init=False, repr=False, compare=False)
     _lock: threading.Lock = field(
@@ -71,6 +75,14 @@ class Faults:
         if draw < self.error_rate + self.drop_rate:
             return Fate.DROP
         return Fate.SERVE
+
+    def clash(self) -> bool:
+        """Whether this transaction's conditional create loses a race (``create_clashes``)."""
+        with self._lock:
+            if self.create_clashes <= 0:
+                return False
+            self.create_clashes -= 1
+            return True
 
     def rejects(self, member_id: str | None) -> bool:
         return member_id is not None and member_id in self.reject_members

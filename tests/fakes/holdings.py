@@ -35,6 +35,7 @@ from lxml import etree
 from adapters.base import AckStatus
 from adapters.cmu import extract as cmu_x
 from adapters.cmu import systems as s
+from adapters.cmu.mapping import PLAN_CLASS
 from adapters.css import NAMESPACE
 from adapters.css import extract as css_x
 from adapters.extract import Rec, RecordKind
@@ -127,7 +128,7 @@ def _operations(parameters: Json) -> list[tuple[str, Any]]:
     return out
 
 
-_PLAN = "Coverage.class.where(type.coding.code='plan').value"
+_PLAN = f"{PLAN_CLASS}.value"
 _MEMBER_STATUS = f"Coverage.extension.where(url='{s.EXT_MEMBER_STATUS}').value"
 
 
@@ -214,7 +215,9 @@ class _Cmu:
             elif request["method"] == "PATCH":
                 rtype, _, query = request["url"].partition("?identifier=")
                 self.patch(rtype, query.split("|", 1)[1], _operations(res))
-            # PUT: providers (Organization), not reconciled
+            elif res["resourceType"] == "ClaimResponse":  # PUT: the mutual's latest decision
+                self.decide(res)
+            # other PUTs: providers (Organization), not reconciled
 
     def recs(self) -> list[Rec]:
         active: dict[str, int] = {}

@@ -153,10 +153,12 @@ def test_cmu_decides_claims_in_its_answer_and_can_lose_the_first_one(
     cmu: tuple[FakeCMU, Jokko],
 ) -> None:
     fake, client = cmu
-    claims = [
-        m for m in translated(adapters.cmu, load_examples()) if b'"resourceType":"Claim"' in m.body
-    ]
+    history = translated(adapters.cmu, load_examples())
+    claims = [m for m in history if b'"resourceType":"Claim"' in m.body]
     assert len(claims) == 3
+    for m in history:  # the members, their coverage: what the claims reference
+        if m not in claims and b"Claim?identifier=" not in m.body:  # nor decisions on them
+            assert client.deliver("/fhir", m).status_code == 200
     fake.adjudicate_claims = ClaimOutcome.PARTIALLY_APPROVED
     fake.decisions_lost = 1
     fake.faults.duplicate_acks = True
@@ -175,7 +177,8 @@ def test_cmu_decides_claims_in_its_answer_and_can_lose_the_first_one(
         assert decision.adjudication.outcome is ClaimOutcome.PARTIALLY_APPROVED
         assert decision.adjudication.reason_codes == ("NOT_COVERED",)
         assert client.deliver("/fhir", m).content == answer.content, "decided once"
-    assert [r.resent for r in fake.received] == [False, True, True] * 3
+    decided = [r for r in fake.received if r.message_id in {c.message_id for c in claims}]
+    assert [r.resent for r in decided] == [False, True, True] * 3
     # anything but a claim is answered as before, and never lost
     [enrolment] = translated(adapters.cmu, enrolments(1))
     [ack] = adapters.cmu.parse_ack(client.deliver("/fhir", enrolment).content)

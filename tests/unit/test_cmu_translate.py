@@ -13,7 +13,7 @@ import adapters.cmu
 from adapters.base import Institution, InvalidMessage, UnsupportedEvent, message_id
 from adapters.cmu import systems as s
 from adapters.cmu.mapping import canonical_json
-from schemas import CanonicalEvent, parse_event
+from schemas import CanonicalEvent, ClaimSubmitted, parse_event
 from schemas.examples import raw_examples
 
 pytestmark = pytest.mark.unit
@@ -185,3 +185,124 @@ def test_validate_refuses_non_canonical_bytes() -> None:
     with pytest.raises(InvalidMessage) as info:
         adapters.cmu.validate(dataclasses.replace(message, body=pretty))
     assert [e.type for e in info.value.errors] == ["not_canonical"]
+
+
+# --- format v2: what a real FHIR server applies and links (issue 29) ---------------------------
+
+
+def entry_of(doc: Json, rtype: str, system: str, value: str) -> Json:
+    return next(
+        e
+        for e in doc["entry"]
+        if e["resource"]["resourceType"] == rtype
+        and {"system": system, "value": value} in e["resource"].get("identifier", [])
+    )
+
+
+def test_enrolment_references_its_own_entries_and_creates_the_mutual() -> None:
+    event = example("member.enrolled")
+    doc = body(event)
+    patient = entry_of(doc, "Patient", s.MEMBER_ID, event.member_id)
+    mutual = entry_of(doc, "Organization", s.MUTUAL, "MSNAS")
+    assert mutual["request"] == {
+        "method": "POST",
+        "url": "Organization",
+        "ifNoneExist": f"identifier={s.MUTUAL}|MSNAS",
+    }
+    [coverage] = resources(doc, "Coverage")
+    for role in ("policyHolder", "subscriber", "beneficiary"):
+        assert coverage[role] == {
+            "reference": patient["fullUrl"],
+            "type": "Patient",
+            "identifier": {"system": s.MEMBER_ID, "value": event.member_id},
+        }
+    assert coverage["payor"][0]["reference"] == mutual["fullUrl"]
+    for related in resources(doc, "RelatedPerson"):
+        assert related["patient"]["reference"] == patient["fullUrl"]
+
+
+def test_a_claim_references_what_earlier_messages_created_conditionally() -> None:
+    event = example("claim.submitted")
+    assert isinstance(event, ClaimSubmitted)
+    doc = body(event)
+    [claim] = resources(doc, "Claim")
+    beneficiary = event.payload.beneficiary_id
+    system = s.MEMBER_ID if beneficiary == event.member_id else s.DEPENDENT_ID
+    assert claim["patient"]["reference"] == f"Patient?identifier={system}|{beneficiary}"
+    assert claim["insurance"][0]["coverage"]["reference"] == (
+        f"Coverage?identifier={s.COVERAGE_ID}|{event.member_id}"
+    )
+    cmu = entry_of(doc, "Organization", s.MUTUAL, "CMU")
+    assert claim["insurer"]["reference"] == cmu["fullUrl"]
+    agreement = event.payload.provider_agreement
+    provider = entry_of(doc, "Organization", s.PROVIDER_AGREEMENT, agreement)
+    assert provider["request"]["method"] == "POST"
+    assert claim["provider"]["reference"] == provider["fullUrl"]
+
+
+def test_the_package_change_patches_the_coverage_s_one_class() -> None:
+    doc = body(example("member.updated", changes={"package": "complementary"}))
+    [patch] = [e for e in doc["entry"] if e["request"]["url"].startswith("Coverage?")]
+    parts = [p for op in patch["resource"]["parameter"] for p in op["part"]]
+    paths = [p["valueString"] for p in parts if p["name"] == "path"]
+    assert "Coverage.class.first().value" in paths
+    assert "Coverage.class.first().name" in paths
+    assert not any("type.coding" in p for p in paths)
+
+
+def test_a_mutual_decision_is_a_conditional_update_with_a_claim_type() -> None:
+    event = example(
+        "claim.adjudicated",
+        adjudicator="MSNAS",
+        outcome="rejected",
+        approved_amount=0,
+        reason_codes=["TARIF_DEPASSE"],
+    )
+    doc = body(event)
+    decision = entry_of(doc, "ClaimResponse", s.CLAIM_DECISION_ID, "CLM-2026-000451/MSNAS")
+    assert decision["request"] == {
+        "method": "PUT",
+        "url": f"ClaimResponse?identifier={s.CLAIM_DECISION_ID}|CLM-2026-000451/MSNAS",
+    }
+    response = decision["resource"]
+    assert response["type"] == {"coding": [{"system": s.CLAIM_TYPE, "code": "professional"}]}
+    assert response["request"]["reference"] == f"Claim?identifier={s.CLAIM_ID}|CLM-2026-000451"
+    mutual = entry_of(doc, "Organization", s.MUTUAL, "MSNAS")
+    assert response["insurer"]["reference"] == mutual["fullUrl"]
+
+
+def test_the_payment_is_the_one_logical_reference() -> None:
+    doc = body(example("contribution.paid"))
+    [notice] = resources(doc, "PaymentNotice")
+    assert "reference" not in notice["payment"]
+    assert notice["payment"]["type"] == "PaymentReconciliation"
+    assert notice["request"]["reference"].startswith("Coverage?identifier=")
+    orgs = {o["identifier"][0]["value"] for o in resources(doc, "Organization")}
+    assert orgs == {"MSNAS", "CMU"}
+
+
+@pytest.mark.parametrize(
+    ("reference", "problem"),
+    [
+        (None, "must be resolvable"),
+        ("urn:uuid:00000000-0000-0000-0000-000000000000", "must be the fullUrl"),
+        ("Patient/123", "must be a fullUrl of this transaction or"),
+        (f"Coverage?identifier={s.MEMBER_ID}|X", "not to its type"),
+    ],
+)
+def test_validate_refuses_references_a_server_cannot_resolve(
+    reference: str | None, problem: str
+) -> None:
+    [message] = adapters.cmu.translate(example("claim.submitted"), None)
+    doc = json.loads(message.body)
+    [claim] = resources(doc, "Claim")
+    if reference is None:
+        del claim["patient"]["reference"]
+    else:
+        claim["patient"]["reference"] = reference
+    with pytest.raises(InvalidMessage) as info:
+        adapters.cmu.validate(dataclasses.replace(message, body=canonical_json(doc)))
+    [error] = info.value.errors
+    assert error.type == "reference"
+    assert error.loc.endswith(".resource.patient")
+    assert problem in error.message
