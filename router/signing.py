@@ -244,11 +244,12 @@ class _FreshnessGuard:
                 Reason.MISSING_HEADER, f"{TIMESTAMP_HEADER} is not unix seconds"
             )
         timestamp = int(raw_ts)
+        against = "the time it was written" if now is not None else "the receiver's clock"
         if now is None:
             now = self._clock()
         if abs(now - timestamp) > self._tolerance_s:
             raise SignatureRejected(
-                Reason.STALE_TIMESTAMP, f"more than {self._tolerance_s} s from the receiver's clock"
+                Reason.STALE_TIMESTAMP, f"more than {self._tolerance_s} s from {against}"
             )
         self._check_signature(lower, message_id, timestamp, body, signatures)
         with self._lock:
