@@ -34,16 +34,14 @@ from adapters.base import (
 )
 from adapters.ipres import build_declaration_file
 from adapters.ipres import validate as validate_ipres
-from router.delivery import ChannelUnavailable, Delivery, Parcel, Receipt, Result
+from router.delivery import ChannelUnavailable, Delivery, Parcel, Result
 from router.msglog import Sent, carried_in, v1a_signature
+from router.receipts import Receipt, Refusal, check_receipt
 from router.signing import (
-    ID_HEADER,
     KEY_ID_HEADER,
     SIG_SUFFIX,
     SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
     JwksVerifier,
-    SignatureRejected,
     SigningKey,
     file_signature,
     sign_file,
@@ -163,12 +161,6 @@ class Failure:
         return Delivery(
             message_id, Result.FAILED, reason_text=self.text, receipt_refused=self.refused
         )
-
-
-UNSIGNED = "unsigned"
-"""No signature on an answer from an institution whose acks must be signed."""
-WRONG_ID = "wrong_id"
-"""A valid signature over another message's (or batch's) answer: a receipt replayed across."""
 
 
 def _held_back(p: Parcel) -> Delivery:
@@ -420,13 +412,16 @@ class HttpChannel:
         or the refusal (before the answer is read: nothing of it is applied)."""
         if self._receipts is None:
             return None
-        return check_receipt(
+        checked = check_receipt(
             self._receipts,
             response.headers,
             response.content,
             required=self._require_signed,
             expected_id=signed_id,
         )
+        if isinstance(checked, Refusal):
+            return Failure(checked.text, refused=checked.refused)
+        return checked
 
     def _send(self, p: Parcel) -> Delivery:
         answer, sent = self._post(
@@ -462,42 +457,6 @@ class HttpChannel:
     def close(self) -> None:
         self._pool.shutdown()
         self._client.close()
-
-
-def check_receipt(
-    verifier: JwksVerifier,
-    headers: Mapping[str, str],
-    body: bytes,
-    *,
-    required: bool,
-    expected_id: str | None = None,
-) -> Receipt | Failure | None:
-    """An institution's signed acknowledgement checked against its registered keys: the
-    receipt, None when unsigned and not ``required``, or the refusal with its reason.
-    ``expected_id``: the id the answer must be signed for (the message or batch answered)."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    if not lower.get(SIGNATURE_HEADER, "").strip():
-        if required:
-            return _refused(UNSIGNED, "the acknowledgement is not signed")
-        return None
-    answered = lower.get(ID_HEADER, "").strip()
-    if expected_id is not None and answered and answered != expected_id:
-        return _refused(WRONG_ID, f"the answer is signed for {answered!r}, not {expected_id!r}")
-    try:
-        signed_id = verifier.verify(lower, body)
-    except SignatureRejected as exc:
-        return _refused(exc.reason.value, str(exc))
-    return Receipt(
-        signed_id=signed_id,
-        body=body,
-        timestamp=int(lower[TIMESTAMP_HEADER].strip()),
-        signature=lower[SIGNATURE_HEADER],
-        kid=lower.get(KEY_ID_HEADER, "").strip(),
-    )
-
-
-def _refused(reason: str, detail: str) -> Failure:
-    return Failure(f"receipt refused: {reason}: {detail}", refused=reason)
 
 
 class FileChannel:

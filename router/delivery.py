@@ -17,7 +17,6 @@ never touches the store.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections import defaultdict
@@ -38,6 +37,7 @@ from router import msglog
 from router.acks import Decision, DecisionsUnpublished, adjudication_events
 from router.bulk import TRAIL, TRAIL_COLUMNS, copy_rows, update_rows
 from router.msglog import Sent
+from router.receipts import Receipt
 from router.sealing import member_keys, open_body
 from router.store import DeadLetterRow, DeliveryState, OutboxRow, ReceiptRow, Stage, utcnow
 from router.vault import SealError, Vault
@@ -119,17 +119,6 @@ class Delivery:
     sent: Sent | None = None
     """What carried it (a push, a Kafka record, or a batch or file shared with others), for
     the message log; None when nothing was sent (held back, unreadable)."""
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """An institution's answer whose Standard Webhooks ``v1a`` signature was verified."""
-
-    signed_id: str
-    body: bytes
-    timestamp: int
-    signature: str
-    kid: str
 
 
 class ChannelUnavailable(JokkoError):
@@ -464,14 +453,9 @@ class DeliveryWorker:
 
     def _receipt_row(self, row: OutboxRow, r: Receipt, now: datetime) -> dict[str, Any]:
         return {
+            **r.columns(),
             "message_id": row.message_id,
             "institution": row.institution,
-            "signed_id": r.signed_id,
-            "body": r.body,
-            "body_sha256": hashlib.sha256(r.body).hexdigest(),
-            "timestamp": r.timestamp,
-            "signature": r.signature,
-            "kid": r.kid,
             "verified_at": now,
         }
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from router.acks import RECEIPT_SOURCE
 from router.processing import Outcome, Processor, RawRecord
 from router.sealing import open_original
 from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, TrailRow, utcnow
@@ -17,7 +18,8 @@ from router.store import DeadLetterRow, DeliveryState, OutboxRow, Stage, TrailRo
 
 def replay(engine: Engine, processor: Processor, dead_letter_ids: Iterable[int]) -> dict[int, str]:
     """Returns, per id, what happened: an ``Outcome`` value, ``redelivered``,
-    ``already_redelivered``, ``unknown`` or ``discarded``."""
+    ``already_redelivered``, ``unknown``, ``discarded`` or ``not_replayable`` (a refused
+    signed acknowledgement)."""
     results: dict[int, str] = {}
     for dl_id in dead_letter_ids:
         with Session(engine) as session:
@@ -27,6 +29,11 @@ def replay(engine: Engine, processor: Processor, dead_letter_ids: Iterable[int])
                 continue
             if row.discarded_at is not None:
                 results[dl_id] = "discarded"
+                continue
+            if row.source.startswith(f"{RECEIPT_SOURCE}:"):
+                # a forged or altered acknowledgement is evidence, never applied: the genuine
+                # one applies when it comes; discard the letter once it is looked into
+                results[dl_id] = "not_replayable"
                 continue
             if row.source.startswith("delivery"):
                 results[dl_id] = _redeliver(session, row)

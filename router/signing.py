@@ -208,12 +208,25 @@ class _FreshnessGuard:
             raise ValueError("tolerance_s must be positive")
         self._tolerance_s = tolerance_s
         self._clock = clock
-        self._seen: set[tuple[str, int]] = set()
+        self._seen: dict[tuple[str, int], object] = {}  # (id, timestamp) -> its carrier
         self._expiry: list[tuple[int, str]] = []  # heap of (timestamp, message id)
         self._lock = threading.Lock()
 
-    def verify(self, headers: Mapping[str, str], body: bytes) -> str:
-        """The message id of a genuine, fresh, first-seen request; else ``SignatureRejected``."""
+    def verify(
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        now: float | None = None,
+        carrier: object = None,
+    ) -> str:
+        """The message id of a genuine, fresh, first-seen request; else ``SignatureRejected``.
+
+        ``now``: the instant the request is judged at (the clock's by default); a Kafka record
+        is judged when it was written, not when a consumer that was away reads it.
+        ``carrier``: what carried the request (a record's topic, partition and offset): the
+        same pair read again from the same carrier is a re-read (at-least-once delivery),
+        not a replay; with None every second sight is a replay."""
         lower = {k.lower(): v for k, v in headers.items()}
         message_id = lower.get(ID_HEADER, "")
         raw_ts = lower.get(TIMESTAMP_HEADER, "")
@@ -231,18 +244,24 @@ class _FreshnessGuard:
                 Reason.MISSING_HEADER, f"{TIMESTAMP_HEADER} is not unix seconds"
             )
         timestamp = int(raw_ts)
-        now = self._clock()
+        against = "the time it was written" if now is not None else "the receiver's clock"
+        if now is None:
+            now = self._clock()
         if abs(now - timestamp) > self._tolerance_s:
             raise SignatureRejected(
-                Reason.STALE_TIMESTAMP, f"more than {self._tolerance_s} s from the receiver's clock"
+                Reason.STALE_TIMESTAMP, f"more than {self._tolerance_s} s from {against}"
             )
         self._check_signature(lower, message_id, timestamp, body, signatures)
         with self._lock:
             self._forget_before(now - self._tolerance_s)
             key = (message_id, timestamp)
             if key in self._seen:
-                raise SignatureRejected(Reason.REPLAYED, "this id and timestamp were already used")
-            self._seen.add(key)
+                if carrier is None or self._seen[key] != carrier:
+                    raise SignatureRejected(
+                        Reason.REPLAYED, "this id and timestamp were already used"
+                    )
+                return message_id
+            self._seen[key] = carrier
             heapq.heappush(self._expiry, (timestamp, message_id))
         return message_id
 
@@ -260,7 +279,7 @@ class _FreshnessGuard:
         """Drop pairs whose timestamp left the window: they would be refused as stale anyway."""
         while self._expiry and self._expiry[0][0] < oldest:
             timestamp, message_id = heapq.heappop(self._expiry)
-            self._seen.discard((message_id, timestamp))
+            self._seen.pop((message_id, timestamp), None)
 
     @property
     def remembered(self) -> int:
@@ -408,8 +427,15 @@ class AllOf:
             raise ValueError("at least one verifier")
         self._verifiers = verifiers
 
-    def verify(self, headers: Mapping[str, str], body: bytes) -> str:
-        ids = [v.verify(headers, body) for v in self._verifiers]
+    def verify(
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        now: float | None = None,
+        carrier: object = None,
+    ) -> str:
+        ids = [v.verify(headers, body, now=now, carrier=carrier) for v in self._verifiers]
         return ids[0]
 
 
@@ -432,25 +458,34 @@ def file_signature(signature: bytes) -> str:
     return base64.b64encode(_b64url_decode(json.loads(signature)["sig"])).decode()
 
 
-def verify_file(jwks: Mapping[str, Any], content: bytes, signature: bytes) -> str:
-    """The key id that signed ``content``, or ``SignatureRejected``."""
+def verify_file(jwks: Mapping[str, Any] | JwksVerifier, content: bytes, signature: bytes) -> str:
+    """The key id that signed ``content``, or ``SignatureRejected``. ``jwks``: the signer's
+    JWKS document, or a verifier holding it (an institution's ack files, ``router.receipts``).
+    A detached signature signs no time: there is no replay window (a file applied twice is
+    applied once)."""
     try:
         doc = json.loads(signature)
         kid, alg, sig = doc["kid"], doc["alg"], _b64url_decode(doc["sig"])
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         raise SignatureRejected(
             Reason.MISSING_HEADER, f"unreadable signature file: {exc}"
         ) from None
     if alg != ALG:
         raise SignatureRejected(Reason.BAD_SIGNATURE, f"algorithm {alg!r}, not {ALG}")
-    key = keys_of(jwks).get(kid) if isinstance(kid, str) else None
-    if key is None:
+    if not isinstance(kid, str) or not kid:
         raise SignatureRejected(Reason.UNKNOWN_KEY, f"key {kid!r} is not in the JWKS")
+    if isinstance(jwks, JwksVerifier):
+        key = jwks.key(kid)
+    else:
+        found = keys_of(jwks).get(kid)
+        if found is None:
+            raise SignatureRejected(Reason.UNKNOWN_KEY, f"key {kid!r} is not in the JWKS")
+        key = found
     try:
         key.verify(sig, content)
     except InvalidSignature:
         raise SignatureRejected(Reason.BAD_SIGNATURE, "the file is not what was signed") from None
-    return str(kid)
+    return kid
 
 
 # --- a Kafka record ------------------------------------------------------------------------

@@ -124,7 +124,8 @@ class Jokko:
 
     def ack_intake(self, producer: KafkaProducer) -> list[AckIntake]:
         """Where acknowledgements come back: the ack topic, or the ack file directory (HTTP
-        answers are acks themselves)."""
+        answers are acks themselves); each checks the institution's signatures when it
+        registered its keys."""
         intake: list[AckIntake] = []
         for inst in Institution:
             p = self.partner(inst)
@@ -145,11 +146,24 @@ class Jokko:
                         producer=producer,
                         canonical_topic=self.topics.canonical,
                         vault=self.vault,
+                        receipts=receipt_verifier(inst, p),
+                        require_signed_acks=p.require_signed_acks,
                     )
                 )
             elif p.mode == DeliveryMode.FILE:
                 ack_dir = p.file_dirs()[1]
-                intake.append(AckFilePicker(self.engine, ack_dir, inst, self.adapters[inst]))
+                intake.append(
+                    AckFilePicker(
+                        self.engine,
+                        ack_dir,
+                        inst,
+                        self.adapters[inst],
+                        receipts=receipt_verifier(inst, p),
+                        require_signed_acks=p.require_signed_acks,
+                        signature_grace_s=p.ack_signature_grace_s,
+                        vault=self.vault,
+                    )
+                )
         return intake
 
     def relay(self, *, with_acks: bool = True) -> Relay:

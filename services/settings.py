@@ -107,7 +107,12 @@ class PartnerSettings(BaseModel):
     file (old and new keys in it while the institution rotates) and restart the relay."""
     require_signed_acks: bool = False
     """Refuse an answer that carries no valid signature (never applied, retried); off, an
-    unsigned answer is applied as before, and a signed one must still be valid."""
+    unsigned answer is applied as before, and a signed one must still be valid. The same for
+    every way acks come back: HTTP answers, the API, ack topic records, ack files."""
+    ack_signature_grace_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    """Mode file with ``ack_jwks_file``: how long an ack file waits for its ``.sig`` (from
+    its modification time) before it is judged unsigned (refused when signatures are
+    required, applied without a receipt otherwise)."""
     topic_key_file: Path | None = None
     """Mode kafka: the key file (``jokko keys topic INST``) sealing this institution's topic,
     held by Jokko and that institution only. Without one the relay does not start, unless

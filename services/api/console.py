@@ -49,7 +49,8 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from adapters.base import Institution
-from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow, Stage, TrailRow
+from router.acks import refused_receipt_counts
+from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
 from schemas.errors import JokkoError
 from services.api import pagination, problems
 from services.api.access import audit_read
@@ -316,14 +317,9 @@ def flow(request: Request, session: SessionDep, op: OperatorDep) -> Response:
         .where(DeadLetterRow.replayed_at.is_(None), DeadLetterRow.discarded_at.is_(None))
     )
     # security events: institutions' answers whose signature was refused (never applied)
-    refused_receipts = {
-        inst: n
-        for inst, n in session.execute(
-            select(TrailRow.institution, func.count())
-            .where(TrailRow.stage == Stage.RECEIPT_REFUSED.value)
-            .group_by(TrailRow.institution)
-        )
-    }
+    refused_receipts: Counter[str] = Counter()
+    for (inst, _reason), n in refused_receipt_counts(session).items():
+        refused_receipts[inst] += n
     rows = [
         {
             "institution": i.value,

@@ -18,6 +18,11 @@ into ``acks``, again through a temporary name then a rename:
 * with ``jwks`` (Jokko's message-keys JWKS), a file whose detached signature ``<file>.sig`` is
   missing, unreadable, by an unknown key or not of these exact bytes is not read at all:
   ``<stem>.err`` says why (``signature refused: bad_signature``), and ``refused_files`` counts it;
+* with ``ack_key`` (the institution's own key), each ack file is signed detached: its
+  ``<name>.ack.sig`` (``router.signing.sign_file``) is written before it, and ``receipt_fault``
+  stages what Jokko must refuse or wait for: ``forge`` (signed with ``forge_key``), ``alter``
+  (one byte added after signing), ``omit`` (no ``.sig``), ``late`` (the ``.sig`` written
+  ``late_signature_s`` after the ack);
 * ``duplicate_acks`` writes the same ack again as ``<stem>.dup.ack``; ``late_ack_s`` delays
   the writing (a later ``poll_once`` writes what has come due); ``down`` leaves the inbox
   untouched.
@@ -51,7 +56,7 @@ from adapters.ipres import (
     build_ack_file,
     read_declaration_file,
 )
-from router.signing import SIG_SUFFIX, SignatureRejected, verify_file
+from router.signing import SIG_SUFFIX, SignatureRejected, sign_file, verify_file
 from tests.fakes.base import Answer, HttpFake, Jwks, ReceivedMessage
 from tests.fakes.faults import Faults
 
@@ -156,6 +161,8 @@ class FakeIPRES(HttpFake):
             d.mkdir(parents=True, exist_ok=True)
         self.files: list[ReceivedFile] = []
         self.poll_interval_s = poll_interval_s
+        self.late_signature_s = 1.0
+        """With ``receipt_fault = "late"``: how long after its ack file the ``.sig`` comes."""
         self._pending: list[tuple[float, str, bytes]] = []  # (due, file name, content)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -314,8 +321,24 @@ class FakeIPRES(HttpFake):
             outputs = [(f"{path.stem}.err", (verdict.error or "").encode())]
         due = time.monotonic() + self.faults.late_ack_s
         with self._lock:
-            self._pending += [(due, name, content) for name, content in outputs]
+            for name, content in outputs:
+                self._pending += self._with_signature(due, name, content)
         self._note_file(path.name, verdict, tuple(name for name, _ in outputs))
+
+    def _with_signature(
+        self, due: float, name: str, content: bytes
+    ) -> list[tuple[float, str, bytes]]:
+        """An ack file and its detached signature (first, unless ``late``), as IPRES would
+        write them when it signs its acks (``ack_key``); ``.err`` files are not signed."""
+        key = self.forge_key if self.receipt_fault == "forge" else self.ack_key
+        if key is None or not name.endswith(".ack") or self.receipt_fault == "omit":
+            return [(due, name, content)]
+        signature = (f"{name}{SIG_SUFFIX}", sign_file(key, content))
+        if self.receipt_fault == "alter":
+            content += b"\n"  # one byte more than was signed
+        if self.receipt_fault == "late":
+            return [(due, name, content), (due + self.late_signature_s, *signature)]
+        return [(due, *signature), (due, name, content)]
 
     def _note_file(self, name: str, verdict: Verdict, answers: tuple[str, ...]) -> None:
         with self._lock:

@@ -12,6 +12,11 @@ key, altered bytes) is counted in ``unsealable`` and never answered.
 With ``jwks`` (Jokko's published JWKS document) it checks each record's signature first, as
 the institution would, with that document alone (``router.signing.verify_record``); a record
 unsigned, altered or signed with another key is counted in ``forged`` and never answered.
+
+With ``ack_key`` (the institution's own key) each ack record is signed as the institution
+signs it (Standard Webhooks ``v1a`` headers on the record, over its value, a fresh ack id per
+record); ``receipt_fault`` stages what Jokko must refuse: ``forge`` (signed with
+``forge_key``), ``alter`` (a byte added to the value after signing), ``omit`` (no headers).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from kafka import KafkaProducer
 from adapters.base import Institution
 from router.broker import group_consumer
 from router.envelope import Unsealable, is_sealed, open_for_institution
-from router.signing import SignatureRejected, sign, verify_record
+from router.signing import SignatureRejected, SigningKey, sign, sign_push, verify_record
 from router.topics import Topics
 from router.vault import KeySet
 
@@ -60,6 +65,9 @@ class KafkaPartner:
         self.consumed = 0
         self.unsealable = 0
         self._topic_key = topic_key
+        self.ack_key: SigningKey | None = None
+        self.forge_key: SigningKey | None = None
+        self.receipt_fault: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"partner-{institution}")
         self._failure: BaseException | None = None
@@ -73,6 +81,16 @@ class KafkaPartner:
         self._thread.join(30)
         if self._failure is not None:
             raise self._failure
+
+    def signed(self, value: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """An ack record's value and headers, signed when the partner has a key."""
+        key = self.forge_key if self.receipt_fault == "forge" else self.ack_key
+        if key is None or self.receipt_fault == "omit":
+            return value, []
+        headers = sign_push(f"ack-{uuid.uuid4()}", value, timestamp=int(time.time()), key=key)
+        if self.receipt_fault == "alter":
+            value += b" "  # one byte more than was signed
+        return value, [(k, v.encode()) for k, v in headers.items()]
 
     def _open(self, message_id: str, value: bytes) -> bytes:
         if self._topic_key is None:
@@ -114,7 +132,8 @@ class KafkaPartner:
                         )
                         ack_topic = self._topics.acks(self._institution)
                         for _ in range(2 if self.duplicate_acks else 1):
-                            producer.send(ack_topic, key=r.key, value=answer.content)
+                            value, record_headers = self.signed(answer.content)
+                            producer.send(ack_topic, key=r.key, value=value, headers=record_headers)
                         self.consumed += 1
                 producer.flush()
                 consumer.commit()

@@ -1,10 +1,14 @@
 """HttpChannel's check of an institution's signed answer, against a scripted peer (no network):
 the refusals the fake institutions cannot easily stage (a replayed answer, an answer signed
-for another message, a stale one) and a batch's receipt."""
+for another message, a stale one) and a batch's receipt; the same check of an ack record
+(judged when written, re-read without being a replay) and of an ack file's detached
+signature, and the ack file's grace period for a late signature."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +17,22 @@ from typing import Any, cast
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Engine
 
 from adapters.base import Ack, AckStatus, Institution, OutboundAdapter
+from router.acks import AckFilePicker
 from router.channels import HttpChannel
 from router.delivery import Parcel, Result
-from router.signing import ID_HEADER, JwksVerifier, MessageKeys, SigningKey, sign_push
+from router.receipts import Receipt, Refusal, check_file_receipt, check_receipt
+from router.signing import (
+    ID_HEADER,
+    JwksVerifier,
+    MessageKeys,
+    SigningKey,
+    sign_file,
+    sign_push,
+    verify_file,
+)
 from services.settings import PartnerSettings
 
 pytestmark = pytest.mark.unit
@@ -141,3 +156,101 @@ def test_signed_acks_cannot_be_required_without_the_institutions_keys() -> None:
     with pytest.raises(ValueError, match="ack_jwks_file"):
         PartnerSettings(require_signed_acks=True)
     assert PartnerSettings(ack_jwks_file=Path("k.json"), require_signed_acks=True)
+
+
+# --- ack topic records and ack files (router.receipts, router.acks.AckFilePicker) -----------
+
+
+def verifier() -> JwksVerifier:
+    return JwksVerifier(MessageKeys(INSTITUTION_KEY).jwks(), clock=lambda: NOW)
+
+
+def test_an_ack_record_is_judged_when_it_was_written_and_a_re_read_is_no_replay() -> None:
+    """A record written an hour ago, read now (the consumer was away), is not stale; read
+    again from the same position it is no replay; the same signature at another position is."""
+    written = NOW - 3600
+    body = b'[{"id": "a", "status": "accepted"}]'
+    headers = sign_push("ack-1", body, timestamp=written, key=INSTITUTION_KEY)
+    v = verifier()
+    assert isinstance(check_receipt(v, headers, body, required=True), Refusal), "stale now"
+    at = ("jokko.acks.css.v1", 0, 41)
+    first = check_receipt(v, headers, body, required=True, now=written + 5, carrier=at)
+    assert isinstance(first, Receipt)
+    assert (first.signed_id, first.timestamp, first.kid) == ("ack-1", written, "css-ack-1")
+    again = check_receipt(v, headers, body, required=True, now=written + 9, carrier=at)
+    assert isinstance(again, Receipt), "the same record read again after a crash"
+    elsewhere = ("jokko.acks.css.v1", 0, 42)
+    for carrier in (elsewhere, None):
+        copy = check_receipt(v, headers, body, required=True, now=written + 9, carrier=carrier)
+        assert isinstance(copy, Refusal)
+        assert copy.refused == "replayed"
+
+
+ACK_FILE = b"H|01|IPRES|JOKKO|A1|J1|20260601\nR|m-1|A|||IP00000001\nT|1\n"
+
+
+@pytest.mark.parametrize(
+    ("signature", "content", "reason"),
+    [
+        (sign_file(JOKKO_KEY, ACK_FILE), ACK_FILE, "unknown_key"),
+        (
+            sign_file(SigningKey("css-ack-1", Ed25519PrivateKey.generate()), ACK_FILE),
+            ACK_FILE,
+            "bad_signature",
+        ),
+        (sign_file(INSTITUTION_KEY, ACK_FILE), ACK_FILE + b"\n", "bad_signature"),
+        (b"not a signature", ACK_FILE, "missing_header"),
+        (b'{"alg": "HS256", "kid": "css-ack-1", "sig": "AA"}', ACK_FILE, "bad_signature"),
+        (None, ACK_FILE, "unsigned"),
+    ],
+)
+def test_an_ack_file_without_its_genuine_signature_is_refused(
+    signature: bytes | None, content: bytes, reason: str
+) -> None:
+    refused = check_file_receipt(verifier(), "A1.ack", content, signature, required=True)
+    assert isinstance(refused, Refusal)
+    assert refused.refused == reason
+    assert refused.text.startswith(f"receipt refused: {reason}: ")
+
+
+def test_an_ack_file_receipt_is_its_detached_signature_checkable_offline() -> None:
+    signature = sign_file(INSTITUTION_KEY, ACK_FILE)
+    receipt = check_file_receipt(verifier(), "A1.ack", ACK_FILE, signature, required=True)
+    assert isinstance(receipt, Receipt)
+    assert (receipt.signed_id, receipt.body, receipt.kid) == ("A1.ack", ACK_FILE, "css-ack-1")
+    assert receipt.timestamp == 0, "a detached signature signs no time"
+    jwks = MessageKeys(INSTITUTION_KEY).jwks()
+    assert verify_file(jwks, receipt.body, receipt.signature.encode()) == "css-ack-1"
+    columns = receipt.columns()
+    assert columns["body_sha256"] == hashlib.sha256(ACK_FILE).hexdigest()
+    assert check_file_receipt(verifier(), "A1.ack", ACK_FILE, None, required=False) is None
+    again = check_file_receipt(verifier(), "A1.ack", ACK_FILE, signature, required=True)
+    assert isinstance(again, Receipt), "no replay window: applying it twice changes nothing"
+
+
+def test_an_ack_file_waits_for_its_signature_during_the_grace_period(tmp_path: Path) -> None:
+    """Nothing is read or applied (no store is touched) while the ``.sig`` may still come; a
+    ``.sig`` left alone past the grace period follows its ack, or goes to ``refused/``."""
+    clock = [time.time()]
+    picker = AckFilePicker(
+        cast(Engine, None),
+        tmp_path,
+        Institution.IPRES,
+        cast(OutboundAdapter, JsonAcks()),
+        receipts=verifier(),
+        require_signed_acks=True,
+        signature_grace_s=60,
+        clock=lambda: clock[0],
+    )
+    (tmp_path / "A1.ack").write_bytes(ACK_FILE)
+    assert picker.poll_once() == 0
+    clock[0] += 59
+    assert picker.poll_once() == 0
+    assert (tmp_path / "A1.ack").exists()
+    (tmp_path / "processed" / "A0.ack").write_bytes(ACK_FILE)
+    for name in ("A0.ack.sig", "A9.ack.sig"):
+        (tmp_path / name).write_bytes(sign_file(INSTITUTION_KEY, ACK_FILE))
+    clock[0] += 120
+    picker._sweep_signatures()
+    assert (tmp_path / "processed" / "A0.ack.sig").exists(), "beside its ack"
+    assert (tmp_path / "refused" / "A9.ack.sig").exists(), "its ack is nowhere"

@@ -7,7 +7,6 @@ was sent about them: every read that returns some is audited (``services.api.acc
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -22,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from adapters.base import Ack, Institution
 from router.acks import apply_acks
 from router.canonical import publish_events
-from router.channels import Failure, check_receipt
+from router.receipts import Refusal, check_receipt
 from router.signing import JwksVerifier
 from router.store import DeliveryState, OutboxRow, Stage, TrailRow, utcnow
 from schemas import ClaimAdjudicated
@@ -193,18 +192,11 @@ def _apply(
     if verifier is not None:
         required = jokko.partner(institution).require_signed_acks
         checked = check_receipt(verifier, headers, body, required=required)
-        if isinstance(checked, Failure):
+        if isinstance(checked, Refusal):
             _refused(jokko, institution, acks, checked)
             raise HTTPException(401, checked.text)
         if checked is not None:
-            receipt = {
-                "signed_id": checked.signed_id,
-                "body": checked.body,
-                "body_sha256": hashlib.sha256(checked.body).hexdigest(),
-                "timestamp": checked.timestamp,
-                "signature": checked.signature,
-                "kid": checked.kid,
-            }
+            receipt = checked.columns()
 
     def decisions(events: Sequence[ClaimAdjudicated]) -> None:
         """Before the acks commit: a 503 here applies nothing, and the institution's
@@ -222,7 +214,7 @@ def _apply(
     )
 
 
-def _refused(jokko: JokkoDep, institution: Institution, acks: Sequence[Ack], why: Failure) -> None:
+def _refused(jokko: JokkoDep, institution: Institution, acks: Sequence[Ack], why: Refusal) -> None:
     """A security event on the trail of each message the refused document names (nothing
     applied): counted in ``jokko_receipts_refused_total``, shown on the console."""
     log.warning("acknowledgement from %s refused: %s", institution.value, why.text)

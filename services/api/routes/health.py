@@ -24,9 +24,10 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from router.acks import refused_receipt_counts
 from router.broker import admin_client, check_reachable
 from router.errors import BrokerUnavailable
-from router.store import DeadLetterRow, MemberDuplicateRow, OutboxRow, Stage, TrailRow
+from router.store import DeadLetterRow, MemberDuplicateRow, OutboxRow
 from services.api.problems import DEPENDENCY_NAMES, TITLES, problem, problem_responses
 from services.bootstrap import Jokko
 
@@ -102,17 +103,14 @@ class _StoreCollector(Collector):
             "jokko_receipts_refused",
             "Institutions' answers whose signature was refused (never applied), by institution "
             "and reason (bad_signature, unknown_key, stale_timestamp, replayed, missing_header, "
-            "unsigned, wrong_id): security events, each on the message's trail.",
+            "unsigned, wrong_id): security events, each on the message's trail (an ack record or "
+            "file naming no message Jokko sent: once, as its dead letter).",
             labels=["institution", "reason"],
         )
         try:
             with Session(self._jokko.engine) as s:
-                for inst, reason, n in s.execute(
-                    select(TrailRow.institution, TrailRow.detail, func.count())
-                    .where(TrailRow.stage == Stage.RECEIPT_REFUSED.value)
-                    .group_by(TrailRow.institution, TrailRow.detail)
-                ):
-                    refused.add_metric([inst or "", reason or ""], n)
+                for (inst, reason), n in sorted(refused_receipt_counts(s).items()):
+                    refused.add_metric([inst, reason], n)
                 for inst, state, n, _attempts in s.execute(
                     select(
                         OutboxRow.institution,
