@@ -98,15 +98,19 @@ def jokko_settings(
     prefix = f"j{uuid.uuid4().hex[:8]}."
 
     def _settings(**overrides: object) -> Settings:
+        # Institutions in mode kafka read a test broker: their topics may carry messages in
+        # clear unless a test says otherwise (tests/integration/test_topic_sealing.py seals
+        # them, and checks the relay refuses a keyless one when this is off).
+        for inst in Institution:
+            given = overrides.get(inst.value, {})
+            if isinstance(given, dict):
+                overrides[inst.value] = {"allow_clear_topic": True, **given}
         values: dict[str, object] = {
             "kafka_bootstrap": kafka_bootstrap,
             "database_url": f"{postgres.url}?options=-csearch_path%3D{schema}",
             "canonical_topic": f"{prefix}jokko.events.v1",
             "topic_prefix": prefix,
             "router_group": f"{prefix}router",
-            # Institutions left in the default mode (kafka) read a test broker: their topics
-            # may carry messages in clear (tests/integration/test_topic_sealing.py seals them).
-            **{inst.value: {"allow_clear_topic": True} for inst in Institution},
             **overrides,
         }
         return load_settings(**values)

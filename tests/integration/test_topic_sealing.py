@@ -354,7 +354,7 @@ def test_the_relay_refuses_to_start_for_an_institution_in_kafka_mode_without_its
 ) -> None:
     """Personal data never goes on a topic in clear by omission: the variable is named, and
     only ``allow_clear_topic`` (a test broker) lets it through."""
-    keyless = jokko_settings(css={"mode": "kafka"})
+    keyless = jokko_settings(css={"mode": "kafka", "allow_clear_topic": False})
     jokko = bootstrap(keyless)
     try:
         with pytest.raises(InvalidSettings, match="JOKKO_CSS__TOPIC_KEY_FILE"):
