@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
+from adapters.base import Institution
 from router.broker import ensure_topics, idempotent_producer, wait_until_ready
 from router.canonical import publish_events
 from router.migrate import upgrade
@@ -119,6 +120,8 @@ def make_flow(engine: Engine, postgres: PostgresCluster, bootstrap: str, logs: P
         "JOKKO_RELAY_BATCH_SIZE": "200",
         # small transactions, so that kills and outages land in the middle of the stream
         "JOKKO_ROUTER_BATCH_SIZE": "10",
+        # the institutions read this test broker in mode kafka: their topics in clear
+        **{f"JOKKO_{inst.value.upper()}__ALLOW_CLEAR_TOPIC": "true" for inst in Institution},
     }
     return Flow(engine, env, topics, logs)
 
