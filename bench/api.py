@@ -39,7 +39,7 @@ from router.broker import TopicSpec, ensure_topics, idempotent_producer
 from router.canonical import publish_events
 from router.vault import Keyring, KeySet, Vault, new_key
 from schemas import CanonicalEvent, dump_event, parse_event
-from services.api.security import Authority, Scope
+from services.api.auth import Authority, Scope
 from tests.infra import free_port
 
 JOKKO = str(Path(sys.executable).parent / "jokko")

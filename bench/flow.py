@@ -51,7 +51,7 @@ from bench.router import (
     workload,
 )
 from schemas import CanonicalEvent, dump_event
-from services.api.security import Authority, Scope
+from services.api.auth import Authority, Scope
 from tests.infra import REPO, free_port
 
 TARGET_P99_MS = 250.0
@@ -131,7 +131,7 @@ def fake_costs(events: Sequence[CanonicalEvent], n: int = 600) -> dict[str, dict
 
 
 def partner_env(partners: dict[str, Any], port: int, push_batch: int = 1) -> dict[str, str]:
-    """The demo's partner settings (services/demo.py ``_environment``)."""
+    """The demo's partner settings (services/demo_processes.py ``environment``)."""
     return {
         "JOKKO_API_HOST": "127.0.0.1",
         "JOKKO_API_PORT": str(port),

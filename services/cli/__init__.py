@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import ssl
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from adapters.base import Institution
 from schemas.errors import JokkoError
 from services.bootstrap import Jokko, bootstrap, stop_on_signals
+from services.cli.clients import clients_app
+from services.cli.keys import keys_app
+from services.cli.wiring import actor, jokko_db
 from services.settings import InvalidSettings, Settings, load_settings
-
-if TYPE_CHECKING:
-    from services.api.security import Authority
 
 app = typer.Typer(no_args_is_help=True, help="Jokko: the RSPC interoperability middleware.")
 schema_app = typer.Typer(no_args_is_help=True, help="Canonical event schemas.")
 app.add_typer(schema_app, name="schema")
 
-DEFAULT_SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "json"
+DEFAULT_SCHEMA_DIR = Path(__file__).resolve().parent.parent.parent / "schemas" / "json"
 
 
 @schema_app.command("export")
@@ -82,7 +79,7 @@ def api() -> None:
     import uvicorn
 
     from services.api.app import create_app
-    from services.api.security import RateLimiter
+    from services.api.auth import RateLimiter
 
     _configure_logging()
     jokko = _jokko()
@@ -176,195 +173,8 @@ def demo(
     raise typer.Exit(0 if outcome.ok else 1)
 
 
-clients_app = typer.Typer(no_args_is_help=True, help="API clients (OAuth2 client credentials).")
-keys_app = typer.Typer(no_args_is_help=True, help="Keys signing the API's access tokens.")
 app.add_typer(clients_app, name="clients")
 app.add_typer(keys_app, name="keys")
-
-
-def _authority() -> Authority:
-    """The database only: client and key changes must work while Kafka is down."""
-    from services.api.security import Authority
-
-    try:
-        jokko = bootstrap(load_settings(), kafka=False)
-        return Authority(jokko.engine, vault=jokko.vault)
-    except JokkoError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-
-
-def _actor() -> str:
-    """The operating-system user, so the audit log says who ran the command."""
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):
-        return "cli"
-
-
-@clients_app.command("add")
-def clients_add(
-    client_id: Annotated[str, typer.Argument(help="Client id, e.g. css-prod.")],
-    scope: Annotated[
-        list[str], typer.Option("--scope", help="A scope to grant (repeat), e.g. acks:write.")
-    ],
-    institution: Annotated[
-        Institution | None,
-        typer.Option(help="The institution this client acts for: it sees only its records."),
-    ] = None,
-    description: Annotated[str, typer.Option(help="Who holds it, what for.")] = "",
-) -> None:
-    """Register a client and print its secret, once: only a hash is stored."""
-    from services.api.security import ClientAdminError
-
-    try:
-        secret = _authority().add_client(
-            client_id, scope, institution=institution, description=description, actor=_actor()
-        )
-    except ClientAdminError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    typer.echo(f"client_id: {client_id}")
-    typer.echo(f"client_secret: {secret}")
-    Console(stderr=True).print("The secret is shown this once: hand it over securely now.")
-
-
-@clients_app.command("revoke")
-def clients_revoke(client_id: Annotated[str, typer.Argument(help="Client id.")]) -> None:
-    """Refuse the client's secret and every token it holds (within seconds on every API)."""
-    from services.api.security import ClientAdminError
-
-    try:
-        _authority().revoke_client(client_id, actor=_actor())
-    except ClientAdminError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    Console().print(f"revoked {client_id}")
-
-
-@clients_app.command("list")
-def clients_list() -> None:
-    """Clients, their scopes and status (never their secrets)."""
-    table = Table("client", "institution", "scopes", "created", "status", "description")
-    for c in _authority().clients():
-        status = f"revoked {c.revoked_at:%Y-%m-%d %H:%M}" if c.revoked_at else "active"
-        table.add_row(
-            c.client_id,
-            c.institution.value if c.institution else "-",
-            " ".join(c.scopes),
-            f"{c.created_at:%Y-%m-%d %H:%M}",
-            status,
-            c.description,
-        )
-    Console(width=200).print(table)
-
-
-class KeyKind(StrEnum):
-    SIGNING = "signing"
-    """The API's access-token signing keys: in the database, shared by the API replicas, each
-    sealed under the keyring's current data key (``jokko keys rewrap`` re-seals them)."""
-    DATA = "data"
-    """The keyring's key-encryption keys (members' data keys, dead letters)."""
-    TOKEN = "token"
-    """The keyring's NIN-token keys."""
-    MESSAGE = "message"
-    """The keyring's Ed25519 keys signing what Jokko sends (pushes, batches, IPRES files)."""
-
-
-@keys_app.command("create")
-def keys_create() -> None:
-    """Make the keyring (JOKKO_KEYRING_FILE) if there is none; never overwrites one."""
-    from services import keyring
-
-    path = load_settings().keyring_file
-    if keyring.create(path):
-        Console().print(f"new keyring at {path} (mode 0600): back it up, away from the database")
-    else:
-        Console().print(f"a keyring is already at {path}: left as it is")
-
-
-@keys_app.command("list")
-def keys_list() -> None:
-    """The keyring's key ids, which one is current (never the keys themselves)."""
-    from services import keyring
-
-    try:
-        rows = keyring.describe(load_settings().keyring_file)
-    except JokkoError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    table = Table("kind", "key id", "current")
-    for kind, kid, current in rows:
-        table.add_row(kind, kid, "yes" if current else "")
-    Console(width=200).print(table)
-
-
-@keys_app.command("rotate")
-def keys_rotate(
-    kind: Annotated[KeyKind, typer.Argument(help="signing, data, token or message.")],
-) -> None:
-    """A new current key of KIND; the previous ones stay to open (or verify) what they made.
-
-    data: members' keys move to the new key as their events are routed, or all at once with
-    `jokko keys rewrap`. token: NINs tokenised under an older key are still found. signing:
-    the old key verifies its tokens until they expire, then leaves the JWKS. message: the
-    relay signs with the new key once restarted; the old one stays in the message-keys JWKS."""
-    from services import keyring
-
-    if kind is KeyKind.SIGNING:
-        Console().print(f"new signing key {_authority().rotate(actor=_actor())}")
-        return
-    path = load_settings().keyring_file
-    kinds: dict[KeyKind, keyring.Kind] = {
-        KeyKind.DATA: "data",
-        KeyKind.TOKEN: "token",
-        KeyKind.MESSAGE: "message",
-    }
-    kid = keyring.rotate(path, kinds[kind])
-    Console().print(
-        f"new {kind.value} key {kid} in {path}: restart the router, relay and API to use it"
-    )
-
-
-@keys_app.command("topic")
-def keys_topic(
-    institution: Annotated[Institution, typer.Argument(help="The institution reading its topic.")],
-) -> None:
-    """Make the topic key file of INSTITUTION (JOKKO_<INST>__TOPIC_KEY_FILE), or add a new
-    current key to it. Hand the file to that institution (its consumer opens its topic's
-    records with it), then restart the relay; earlier keys stay in the file, to open the
-    records still on the topic."""
-    from services import keyring
-
-    path = getattr(load_settings(), institution.value).topic_key_file
-    if path is None:
-        Console(stderr=True).print(
-            f"[red]error:[/] set JOKKO_{institution.value.upper()}__TOPIC_KEY_FILE first"
-        )
-        raise typer.Exit(2)
-    try:
-        kid = keyring.topic_key(path, institution.value)
-    except JokkoError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    Console().print(
-        f"new topic key {kid} for {institution.value} in {path}: hand the file to "
-        f"{institution.value.upper()} (and to no one else), then restart the relay"
-    )
-
-
-@keys_app.command("rewrap")
-def keys_rewrap() -> None:
-    """Re-seal, now, everything sealed under an older data key (and what is still in clear
-    from before encryption at rest, the API's signing keys included): after a rotation,
-    before an old key is retired."""
-    from router.sealing import rewrap
-
-    jokko = _jokko_db()
-    counts = rewrap(jokko.engine, jokko.vault)
-    Console().print(", ".join(f"{n} {what}" for what, n in counts.items()) + " re-sealed")
 
 
 @app.command()
@@ -377,28 +187,19 @@ def erase(
     originals of their dead letters go; states, acks and the trail stay for reconciliation."""
     from router.erasure import ErasureRefused, erase_member
 
-    jokko = _jokko_db()
+    jokko = jokko_db()
     try:
         report = erase_member(
             jokko.engine,
             member_id,
             retention_days=jokko.settings.erasure_retention_days,
-            actor=_actor(),
+            actor=actor(),
             reason=reason,
         )
     except ErasureRefused as exc:
         Console(stderr=True).print(f"[red]refused:[/] {exc}")
         raise typer.Exit(1) from None
     Console().print(report)
-
-
-def _jokko_db() -> Jokko:
-    """The database only: key and erasure work must not wait for Kafka."""
-    try:
-        return bootstrap(load_settings(), kafka=False)
-    except JokkoError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
 
 
 audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
@@ -503,7 +304,7 @@ def evidence(
 
 contracts_app = typer.Typer(no_args_is_help=True, help="API and stream contracts (openapi/).")
 app.add_typer(contracts_app, name="contracts")
-DEFAULT_CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "openapi"
+DEFAULT_CONTRACTS_DIR = Path(__file__).resolve().parent.parent.parent / "openapi"
 
 
 @contracts_app.command("export")
@@ -602,6 +403,6 @@ def reconcile(
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("reconciling", total=ledger.stat().st_size)
         reconcile_command(
-            db, _actor(), ledger, extracts, out, redrive, lambda n: bar.advance(task, n), scope,
+            db, actor(), ledger, extracts, out, redrive, lambda n: bar.advance(task, n), scope,
             workers, engine,
         )  # fmt: skip
