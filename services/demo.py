@@ -10,31 +10,26 @@ delivery is final, prints the tally, reconciles the mutual's ledger with the ext
 institutions return, re-drives what is missing once CSS is healthy again and reconciles
 again. Everything it starts it stops on the way out.
 
-The Kafka broker is the caller's (``scripts/demo.sh`` starts a throw-away one).
+The Kafka broker is the caller's (``scripts/demo.sh`` starts a throw-away one). This module
+plays the flow; ``services.demo_processes`` starts and wires the processes, ``services.demo_report``
+tallies, prints and judges what the demo observed, ``services.demo_data`` makes the month.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections import Counter
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -42,30 +37,37 @@ from adapters.msnas.ledger import header_line, ledger_line
 from router.broker import idempotent_producer
 from router.broker import wait_until_ready as wait_for_broker
 from router.envelope import seal_canonical
-from router.store import DeadLetterRow, DeliveryState, InboxRow, MemberDuplicateRow, OutboxRow
+from router.store import DeadLetterRow, DeliveryState, InboxRow, OutboxRow
 from router.vault import Vault
-from schemas.errors import JokkoError
-from services.api.security import Authority, Scope
+from services.api.auth import Authority, Scope
 from services.bootstrap import bootstrap
-from services.demo_data import DUPLICATE_EVERY, Month, generate_month, previous_period
+from services.demo_data import Month, generate_month, previous_period
+from services.demo_processes import (
+    DemoFailed,
+    Processes,
+    environment,
+    jokko_argv,
+    settings_of,
+    start_partners,
+    wait_for_ctrl_c,
+)
+from services.demo_report import (
+    Outcome,
+    count_deliveries,
+    expect_closed,
+    expect_first,
+    farewell,
+    open_dead_letters,
+    print_reconciliation,
+    print_tally,
+)
 from services.reconcile import INSTITUTIONS
 from services.reconcile_runs import EXTRACT_NAMES
 from services.settings import Settings, load_settings
 
-REPO = Path(__file__).resolve().parent.parent
 FINAL = (DeliveryState.ACCEPTED, DeliveryState.REJECTED, DeliveryState.DEAD)
 BATCH = 250
 CSS_ERROR_RATE = 0.3
-MAX_ATTEMPTS = 2
-"""Small on purpose: with CSS failing 30% of requests about a tenth of its messages use up
-their two tries and go dead, which the first reconciliation then finds missing."""
-PUSH_BATCH = 50
-"""Messages per HTTP push to CMU (its batch envelope, FORMAT.md). CSS gets one message a request,
-so that its flapping strikes messages one by one and the reconciliation has something to find."""
-
-
-class DemoFailed(JokkoError):
-    """A step of the demo did not happen the way the flow promises."""
 
 
 @dataclass
@@ -75,103 +77,6 @@ class Options:
     exit_at_end: bool = False
     timeout_s: float = 600.0
     seed: int = 2026
-
-
-@dataclass
-class Tally:
-    """Deliveries per institution and state, from the store."""
-
-    states: dict[str, Counter[str]] = field(default_factory=dict)
-
-    def of(self, institution: str, state: DeliveryState) -> int:
-        return self.states.get(institution, Counter())[state.value]
-
-    def total(self, institution: str) -> int:
-        return sum(self.states.get(institution, Counter()).values())
-
-
-@dataclass
-class Outcome:
-    """What the demo observed, for its verdict and for tests."""
-
-    submitted: int = 0
-    refused_by_api: int = 0
-    first: Tally = field(default_factory=Tally)
-    final: Tally = field(default_factory=Tally)
-    dead_letters: Counter[str] = field(default_factory=Counter)
-    found: Counter[tuple[str, str]] = field(default_factory=Counter)
-    after_redrive: Counter[tuple[str, str]] = field(default_factory=Counter)
-    redrive: Counter[str] = field(default_factory=Counter)
-    desk: Counter[str] = field(default_factory=Counter)
-    css_requests: int = 0
-    duplicates: int = 0
-    """Enrolments flagged as the same NIN under another member id."""
-    console_url: str = ""
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-class Processes:
-    """Child processes with their logs; stopped with SIGTERM in reverse order of start."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
-
-    def start(
-        self, name: str, argv: list[str], env: dict[str, str], *, stdout_pipe: bool = False
-    ) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{name}.log").open("ab")
-        child = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE if stdout_pipe else log,
-            stderr=log,
-            start_new_session=True,  # Ctrl-C reaches the demo only; it stops them in order
-        )
-        self.children.append((name, child, log))
-        return child
-
-    def check(self) -> None:
-        for name, child, _ in self.children:
-            if child.poll() is not None:
-                raise DemoFailed(
-                    f"{name} exited with {child.returncode}: see {self.logs / (name + '.log')}"
-                )
-
-    def stop(self) -> None:
-        for _name, child, log in reversed(self.children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-                try:
-                    child.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
-            if child.stdout is not None:
-                child.stdout.close()
-            log.close()
-        self.children.clear()
-
-
-def _jokko_argv(command: str) -> list[str]:
-    script = Path(sys.executable).with_name("jokko")
-    if script.exists():
-        return [str(script), command]
-    return [sys.executable, "-c", "from services.cli import app; app()", command]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Demo:
@@ -195,73 +100,6 @@ class Demo:
             shutil.rmtree(self.work)
         for sub in ("logs", "reconcile", "partners"):
             (self.work / sub).mkdir(parents=True)
-
-    def _start_partners(self) -> dict[str, Any]:
-        if not (REPO / "tests" / "fakes" / "__main__.py").is_file():
-            raise DemoFailed(
-                "the fake institutions live in tests/fakes of a clone of the repository; "
-                "run the demo from a clone (make demo)"
-            )
-        # CMU verifies Jokko's Ed25519 signature only (the default); CSS asks for the HMAC
-        # as well (JOKKO_CSS__SIGNATURE=both). Both fetch Jokko's JWKS from the API.
-        self.css_secret = secrets.token_urlsafe(32)
-        self.api = f"http://127.0.0.1:{_free_port()}"
-        env = {
-            **os.environ,
-            "JOKKO_FAKE_JWKS_URL": f"{self.api}/.well-known/jokko-message-keys.json",
-            "JOKKO_FAKE_CSS_SECRET": self.css_secret,
-        }
-        env.pop("JOKKO_FAKE_CMU_SECRET", None)
-        child = self.processes.start(
-            "partners",
-            [sys.executable, "-m", "tests.fakes", "--dir", str(self.work / "partners")],
-            env,
-            stdout_pipe=True,
-        )
-        assert child.stdout is not None
-        line = _readline(child.stdout, 30)
-        if not line:
-            self.processes.check()
-            raise DemoFailed("the fake institutions did not start within 30 s")
-        ready: dict[str, Any] = json.loads(line)
-        self.control = ready["control"]
-        return ready
-
-    def _environment(self, partners: dict[str, Any]) -> dict[str, str]:
-        port = httpx.URL(self.api).port
-        assert port is not None  # chosen in _start_partners
-        return {
-            "JOKKO_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
-            "JOKKO_DATABASE_URL": f"sqlite:///{self.work / 'jokko.db'}",
-            # The demo's own keyring beside its store: made at first start, kept with it.
-            "JOKKO_KEYRING_FILE": str(self.work / "keyring.json"),
-            "JOKKO_CANONICAL_TOPIC": self.settings.canonical_topic,
-            "JOKKO_TOPIC_PREFIX": self.settings.topic_prefix,
-            "JOKKO_API_HOST": "127.0.0.1",
-            "JOKKO_API_PORT": str(port),
-            "JOKKO_RECONCILE_DIR": str(self.work / "reconcile"),
-            "JOKKO_ROUTER_INSTANCE_ID": "demo-router-1",
-            "JOKKO_CMU__MODE": "http",
-            "JOKKO_CMU__URL": partners["cmu"],
-            "JOKKO_CMU__BATCH_SIZE": str(PUSH_BATCH),
-            "JOKKO_CSS__MODE": "http",
-            "JOKKO_CSS__URL": partners["css"],
-            "JOKKO_CSS__SIGNATURE": "both",
-            "JOKKO_CSS__SECRET": self.css_secret,
-            "JOKKO_CSS__TIMEOUT_S": "5",
-            **{
-                f"JOKKO_{inst}__{name.upper()}": path
-                for inst in ("CMU", "CSS")
-                for name, path in partners["tls"].items()
-            },
-            "JOKKO_IPRES__MODE": "file",
-            "JOKKO_IPRES__OUTBOX_DIR": partners["ipres"]["inbox"],
-            "JOKKO_IPRES__ACK_DIR": partners["ipres"]["acks"],
-            "JOKKO_DELIVERY_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-            "JOKKO_DELIVERY_BACKOFF_INITIAL_S": "0.2",
-            "JOKKO_DELIVERY_BACKOFF_MAX_S": "1",
-            "JOKKO_DELIVERY_BREAKER_RESET_S": "1",
-        }
 
     def _clients(self, authority: Authority) -> tuple[str, str]:
         mutual = authority.add_client(
@@ -321,14 +159,15 @@ class Demo:
         with ExitStack() as stack:
             stack.callback(self.processes.stop)
             http = stack.enter_context(httpx.Client(timeout=60))
-            partners = self._start_partners()
-            env = self._environment(partners)
-            jokko = bootstrap(load_settings(**_settings_of(env)))
+            partners, self.api, css_secret = start_partners(self.processes, self.work)
+            self.control = partners["control"]
+            env = environment(self.settings, self.work, self.api, css_secret, partners)
+            jokko = bootstrap(load_settings(**settings_of(env)))
             self.engine = jokko.engine
             self._clients(Authority(jokko.engine, vault=jokko.vault))
             child_env = {**os.environ, **env}
             for name in ("router", "relay", "api"):
-                self.processes.start(name, _jokko_argv(name), child_env)
+                self.processes.start(name, jokko_argv(name), child_env)
             self._wait_ready(http)
             c.print(
                 f"started: API {self.api}, router, relay, fake CMU/CSS (HTTPS, mutual TLS) and "
@@ -344,14 +183,20 @@ class Demo:
             self._submit(http, month)
             self._poison(jokko.vault)
             self._wait_final(len(month.events))
-            self.outcome.first = self._tally()
-            self.outcome.dead_letters = self._dead_letters()
+            self.outcome.first = count_deliveries(self.engine)
+            self.outcome.dead_letters = open_dead_letters(self.engine)
             self.outcome.css_requests = int(
                 http.get(f"{self.control}/stats/css").json()["requests"]
             )
-            self._print_tally(self.outcome.first, "Deliveries after the month (CSS flapping)")
+            print_tally(
+                c,
+                self.engine,
+                self.outcome,
+                self.outcome.first,
+                "Deliveries after the month (CSS flapping)",
+            )
             first = self._reconcile(http, month, 1)
-            self._expect_first(rejected_member)
+            expect_first(self.outcome, self.options.members, rejected_member)
             c.print("CSS is healthy again; re-driving every missing record")
             self._faults(http, "css", error_rate=0.0)
             outcomes = http.post(
@@ -364,18 +209,20 @@ class Demo:
             c.print(f"re-drive: {dict(self.outcome.redrive)}")
             self._dead_letter_desk(http)
             self._wait_final(len(month.events))
-            self.outcome.final = self._tally()
-            self.outcome.dead_letters = self._dead_letters()
+            self.outcome.final = count_deliveries(self.engine)
+            self.outcome.dead_letters = open_dead_letters(self.engine)
             self.outcome.css_requests = int(
                 http.get(f"{self.control}/stats/css").json()["requests"]
             )
-            self._print_tally(self.outcome.final, "Deliveries after the re-drive")
+            print_tally(
+                c, self.engine, self.outcome, self.outcome.final, "Deliveries after the re-drive"
+            )
             self._reconcile(http, month, 2)
-            self._expect_closed(rejected_member)
+            expect_closed(c, self.outcome, rejected_member)
             self.outcome.console_url = f"{self.api}/console/"
-            self._farewell()
+            farewell(c, self.outcome, self.credentials["operator-demo"])
             if not self.options.exit_at_end:
-                _wait_for_ctrl_c(self.processes)
+                wait_for_ctrl_c(self.processes)
         return self.outcome
 
     def _submit(self, http: httpx.Client, month: Month) -> None:
@@ -488,58 +335,6 @@ class Demo:
                     )
                 time.sleep(0.5)
 
-    def _tally(self) -> Tally:
-        tally = Tally()
-        with Session(self.engine) as s:
-            rows = s.execute(
-                select(OutboxRow.institution, OutboxRow.state, func.count()).group_by(
-                    OutboxRow.institution, OutboxRow.state
-                )
-            )
-            for institution, state, n in rows:
-                tally.states.setdefault(str(institution), Counter())[str(state)] += n
-        return tally
-
-    def _dead_letters(self) -> Counter[str]:
-        with Session(self.engine) as s:
-            rows = s.execute(
-                select(DeadLetterRow.source, DeadLetterRow.reason, func.count())
-                .where(DeadLetterRow.replayed_at.is_(None), DeadLetterRow.discarded_at.is_(None))
-                .group_by(DeadLetterRow.source, DeadLetterRow.reason)
-            )
-            return Counter({f"{src}: {reason}": n for src, reason, n in rows})
-
-    def _print_tally(self, tally: Tally, title: str) -> None:
-        table = Table(title=title)
-        for column in ("institution", "delivered", "accepted", "rejected", "dead"):
-            table.add_column(column, justify="left" if column == "institution" else "right")
-        for inst in INSTITUTIONS:
-            table.add_row(
-                inst.upper(),
-                f"{tally.total(inst):,}",
-                f"{tally.of(inst, DeliveryState.ACCEPTED):,}",
-                f"{tally.of(inst, DeliveryState.REJECTED):,}",
-                f"{tally.of(inst, DeliveryState.DEAD):,}",
-            )
-        self.console.print(table)
-        letters = ", ".join(f"{k}: {v}" for k, v in self.outcome.dead_letters.items())
-        self.console.print(
-            f"open dead letters: {letters or 'none'}; "
-            f"requests CSS received so far: {self.outcome.css_requests:,}"
-        )
-        with Session(self.engine) as s:
-            pairs = s.execute(
-                select(MemberDuplicateRow.member_id, MemberDuplicateRow.other_member_id)
-                .where(MemberDuplicateRow.reviewed_at.is_(None))
-                .order_by(MemberDuplicateRow.id)
-            ).all()
-        self.outcome.duplicates = len(pairs)
-        shown = ", ".join(f"{m} = {o}" for m, o in pairs[:5]) + (", ..." if len(pairs) > 5 else "")
-        self.console.print(
-            f"duplicate enrolments flagged (same NIN under another member id): {len(pairs)}"
-            + (f" ({shown})" if pairs else "")
-        )
-
     def _reconcile(self, http: httpx.Client, month: Month, n: int) -> int:
         folder = self.work / "reconcile"
         (folder / f"ledger-{n}.csv").write_text(
@@ -579,103 +374,8 @@ class Demo:
             self.outcome.found = found
         else:
             self.outcome.after_redrive = found
-        table = Table(
-            title=f"Reconciliation run {run_id}: the mutual's ledger against the extracts"
-        )
-        kinds = ("missing", "extra", "mismatch", "duplicate", "duplicate_member")
-        for column in ("institution", *kinds):
-            table.add_column(column, justify="left" if column == "institution" else "right")
-        for inst in INSTITUTIONS:
-            table.add_row(inst.upper(), *(str(found[(inst, k)]) for k in kinds))
-        self.console.print(table)
-        self.console.print(f"report: {self.api}/v1/reconciliations/{run_id}/report?format=html")
+        print_reconciliation(self.console, self.api, run_id, found)
         return run_id
-
-    def _expect_first(self, rejected_member: str) -> None:
-        """Missing at each institution = its dead deliveries' records + the rejected member's."""
-        t, found = self.outcome.first, self.outcome.found
-        if self.outcome.refused_by_api != 1:
-            self.outcome.problems.append("the invalid event was not refused with 422")
-        if not any(k.startswith("canonical") for k in self.outcome.dead_letters):
-            self.outcome.problems.append("the poison record is not among the dead letters")
-        if t.of("cmu", DeliveryState.REJECTED) == 0:
-            self.outcome.problems.append(f"CMU rejected nothing of {rejected_member}")
-        members = self.options.members
-        twins = sum(1 for i in range(members) if i % DUPLICATE_EVERY == DUPLICATE_EVERY // 2)
-        if self.outcome.duplicates != twins:
-            self.outcome.problems.append(
-                f"{self.outcome.duplicates} duplicate enrolments flagged, {twins} in the month"
-            )
-        for kind in ("extra", "mismatch", "duplicate"):
-            if any(found[(i, kind)] for i in INSTITUTIONS):
-                self.outcome.problems.append(f"first run reports {kind} records")
-        if t.of("css", DeliveryState.DEAD) and not found[("css", "missing")]:
-            self.outcome.problems.append("CSS has dead deliveries but nothing missing")
-        if not found[("cmu", "missing")]:
-            self.outcome.problems.append("the rejected CMU records are not reported missing")
-
-    def _expect_closed(self, rejected_member: str) -> None:
-        t, left = self.outcome.final, self.outcome.after_redrive
-        for inst in INSTITUTIONS:
-            if t.of(inst, DeliveryState.DEAD):
-                self.outcome.problems.append(f"{inst}: deliveries still dead after the re-drive")
-        if left[("css", "missing")] or left[("ipres", "missing")]:
-            self.outcome.problems.append("records still missing at CSS or IPRES after re-drive")
-        if any(left[(i, k)] for i in INSTITUTIONS for k in ("extra", "mismatch", "duplicate")):
-            self.outcome.problems.append("the second run reports extra/mismatch/duplicate")
-        rejected = self.outcome.first.of("cmu", DeliveryState.REJECTED)
-        if left[("cmu", "missing")] > rejected:
-            self.outcome.problems.append("CMU misses more than the records it rejected")
-        self.console.print(
-            f"left after the re-drive: {left[('cmu', 'missing')]} record(s) of {rejected_member} "
-            "that CMU rejected (reason kept on the delivery): a rejection is the institution's "
-            "decision, so the mutual corrects the record; a re-drive never overrides it"
-        )
-
-    def _farewell(self) -> None:
-        verdict = (
-            "[green]the month reached every institution exactly once and reconciles[/]"
-            if self.outcome.ok
-            else "[red]" + "; ".join(self.outcome.problems) + "[/]"
-        )
-        self.console.print(verdict)
-        self.console.print(
-            f"operator console: [bold]{self.outcome.console_url}[/] — client id "
-            f"[bold]operator-demo[/], secret [bold]{self.credentials['operator-demo']}[/]"
-        )
-
-
-def _settings_of(env: dict[str, str]) -> dict[str, object]:
-    """The same settings the child processes read, for the demo's own view of the store."""
-    nested: dict[str, dict[str, str]] = {}
-    flat: dict[str, object] = {}
-    for name, value in env.items():
-        key = name.removeprefix("JOKKO_").lower()
-        if key in ("reconcile_dir",):
-            continue
-        if "__" in key:
-            outer, inner = key.split("__", 1)
-            nested.setdefault(outer, {})[inner] = value
-        else:
-            flat[key] = value
-    return {**flat, **nested}
-
-
-def _readline(stream: IO[bytes], timeout_s: float) -> str:
-    line: list[bytes] = []
-    reader = threading.Thread(target=lambda: line.append(stream.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout_s)
-    return line[0].decode() if line else ""
-
-
-def _wait_for_ctrl_c(processes: Processes) -> None:
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    Console().print("running until Ctrl-C")
-    while not stop.wait(1.0):
-        processes.check()
 
 
 def run(settings: Settings, console: Console, options: Options) -> Outcome:

@@ -1,5 +1,5 @@
 """What ``jokko reconcile`` does once its options are read: find the files, run, re-drive,
-write the reports, print the summary. Kept out of ``services/cli.py`` so the command stays a
+write the reports, print the summary. Kept out of ``services/cli/`` so the command stays a
 few lines."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy import Engine
 
-from services.api.security import Authority, Scope
+from services.api.auth import Authority, Scope
 
 CLIENT = "bench-msnas"
 

@@ -23,7 +23,7 @@ from fastapi import Request
 from sqlalchemy.orm import Session
 
 from router.audit import append
-from services.api.security import Principal
+from services.api.auth import Principal
 
 
 def audit_read(

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.broker import idempotent_producer
 from services.api import console, openapi, problems
+from services.api.auth import Authority, RateLimiter, security_router
 from services.api.idempotency import Outcomes
 from services.api.routes import (
     dead_letters,
@@ -24,7 +25,6 @@ from services.api.routes import (
     reconcile,
 )
 from services.api.routes.health import Metrics, Readiness
-from services.api.security import Authority, RateLimiter, security_router
 from services.bootstrap import Jokko
 
 API_VERSION = "1.0.0"

@@ -22,8 +22,8 @@ from adapters.base import Institution
 from router.audit import verify
 from router.processing import RawRecord
 from router.store import AuditRow, DeadLetterRow, DeliveryState
+from services.api.auth import Authority, Scope
 from services.api.console import COOKIE, csrf_token
-from services.api.security import Authority, Scope
 from services.reconcile import INSTITUTIONS
 from services.reconcile_data import generate
 from tests.factories import enrolments

@@ -35,7 +35,7 @@ from router.store import AuditRow, DeadLetterRow, DeliveryState, OutboxRow, Sign
 from schemas import dump_event
 from schemas.examples import raw_examples
 from services.api.app import create_app
-from services.api.security import Scope
+from services.api.auth import Scope
 from services.bootstrap import Jokko, bootstrap
 from services.reconcile import INSTITUTIONS
 from services.reconcile_data import generate

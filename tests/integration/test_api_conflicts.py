@@ -20,7 +20,7 @@ from router.processing import CONFLICTING_DUPLICATE
 from router.relay import Relay
 from router.store import SubmittedEventRow
 from schemas import parse_event
-from services.api.security import Authority, Scope
+from services.api.auth import Authority, Scope
 from tests.integration.test_api import PROBLEM, Api, api, example, on_topic
 from tests.integration.test_relay import read_outbound
 from tests.integration.test_router_flow import route_until_idle

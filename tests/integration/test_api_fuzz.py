@@ -29,7 +29,7 @@ from router.processing import RawRecord
 from schemas import dump_event
 from schemas.examples import load_examples
 from services.api.app import create_app
-from services.api.security import Authority, Scope
+from services.api.auth import Authority, Scope
 from services.bootstrap import Jokko, bootstrap
 from services.contracts import openapi_document
 from services.settings import Settings

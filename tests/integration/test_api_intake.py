@@ -23,7 +23,7 @@ from adapters.base import Ack, AckStatus, Institution
 from adapters.cmu import systems as fhir
 from adapters.ipres.files import build_ack_file
 from router.store import DeliveryState, OutboxRow
-from services.api.security import Authority, Scope
+from services.api.auth import Authority, Scope
 from services.settings import Settings
 from tests.factories import contributions, enrolments
 from tests.infra import free_port

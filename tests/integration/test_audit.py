@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from router.audit import GENESIS, AuditEntry, append, chain_hash, verify
 from router.migrate import alembic_config, upgrade
 from router.store import AuditRow, UtcDateTime
-from services.api.security import Authority
+from services.api.auth import Authority
 from services.cli import app as cli
 from services.reconcile_runs import create_run
 

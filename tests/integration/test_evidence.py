@@ -197,7 +197,7 @@ def test_an_evidence_bundle_verifies_offline_and_fails_after_one_changed_byte(
     assert all(json.loads(d).get("kind") == "kafka" for d in records)
     first = sent[0].message_id
 
-    monkeypatch.setattr("services.cli.load_settings", lambda: settings)
+    monkeypatch.setattr("services.cli.wiring.load_settings", lambda: settings)
     runner = CliRunner()
     bundle = tmp_path / "bundle.json"
     made = runner.invoke(cli, ["evidence", first, "--out", str(bundle)])
@@ -341,7 +341,7 @@ def test_batches_files_and_kafka_records_verify_offline_and_fail_after_one_chang
                 return str(json.loads(r.message_ids)[-1])
         raise AssertionError(f"no {kind} row")
 
-    monkeypatch.setattr("services.cli.load_settings", lambda: settings)
+    monkeypatch.setattr("services.cli.wiring.load_settings", lambda: settings)
     runner = CliRunner()
     intact = runner.invoke(cli, ["evidence", "verify-log"])
     assert intact.exit_code == 0, intact.output

@@ -30,7 +30,7 @@ from router.broker import wait_until_ready
 from router.db import make_engine
 from router.store import InboxRow, OutboxRow
 from schemas import dump_event
-from services.api.security import Authority, Scope
+from services.api.auth import Authority, Scope
 from tests.factories import contributions
 from tests.infra import KafkaBroker, PostgresCluster, free_port
 from tests.integration.test_crash_safety import Flow, make_flow, wait_for

@@ -34,7 +34,7 @@ from router.store import AuditRow, ClientRow
 from router.vault import Keyring, KeySet, Vault, new_key
 from services import keyring
 from services.api import problems
-from services.api.security import (
+from services.api.auth import (
     JWKS_PATH,
     TOKEN_PATH,
     AuthError,
@@ -45,11 +45,11 @@ from services.api.security import (
     RateLimiter,
     Scope,
     SigningKeyUnavailable,
-    _new_key_row,
     require,
     secret_matches,
     security_router,
 )
+from services.api.auth.keys import new_key_row as _new_key_row
 from services.cli import app as cli
 
 pytestmark = pytest.mark.integration

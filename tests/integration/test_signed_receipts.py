@@ -38,7 +38,7 @@ from router.signing import (
 from router.store import DeliveryState, ReceiptRow, Stage, TrailRow
 from schemas import CanonicalEvent, dump_event
 from services.api.app import create_app
-from services.api.security import Authority, Scope
+from services.api.auth import Authority, Scope
 from services.bootstrap import Jokko, bootstrap
 from services.settings import Settings
 from tests.factories import enrolments

@@ -33,7 +33,7 @@ from router.vault import Keyring, KeySet, Vault, new_key
 from schemas import CanonicalEvent, parse_event
 from services import keyring
 from services.api.app import create_app
-from services.api.security import Scope
+from services.api.auth import Scope
 from services.bootstrap import Jokko, bootstrap
 from services.demo_data import generate_month
 from services.settings import InvalidSettings, Settings

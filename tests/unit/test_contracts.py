@@ -23,8 +23,8 @@ from router.vault import KeySet, new_key
 from schemas import MemberEnrolled
 from schemas.events import EVENT_CLASSES
 from schemas.examples import load_examples
+from services.api.auth import TOKEN_PATH, Scope
 from services.api.problems import PROBLEM_JSON
-from services.api.security import TOKEN_PATH, Scope
 from services.contracts import (
     ASYNCAPI_FILE,
     OPENAPI_FILE,

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from adapters.base import Institution
-from services.api.security import (
+from services.api.auth import (
     INSTITUTION_SCOPES,
     AuthError,
     Principal,

@@ -23,9 +23,9 @@ from router.vault import SealError
 from schemas.types import MEMBER_ID_PATTERN
 from services.api import pagination
 from services.api.access import audit_read
+from services.api.auth import Principal, Scope, require
 from services.api.deps import JokkoDep, SessionDep
 from services.api.problems import PROBLEM_RESPONSES, problem_responses
-from services.api.security import Principal, Scope, require
 
 router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"], responses=PROBLEM_RESPONSES)
 

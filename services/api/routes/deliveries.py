@@ -27,9 +27,9 @@ from router.store import DeliveryState, OutboxRow, Stage, TrailRow, utcnow
 from schemas import ClaimAdjudicated
 from services.api import pagination
 from services.api.access import audit_read
+from services.api.auth import Principal, Scope, require
 from services.api.deps import JokkoDep, ProducerDep, SessionDep
 from services.api.problems import PROBLEM_RESPONSES, problem_responses
-from services.api.security import Principal, Scope, require
 from services.bootstrap import receipt_verifier
 
 log = logging.getLogger(__name__)

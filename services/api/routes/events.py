@@ -28,6 +28,7 @@ from router.store import InboxRow, TrailRow
 from schemas import CanonicalEvent, InvalidEvent, parse_event
 from services.api import idempotency, pagination
 from services.api.access import audit_read
+from services.api.auth import Principal, Scope, require
 from services.api.deps import JokkoDep, ProducerDep, SessionDep, require_json
 from services.api.problems import (
     PROBLEM_JSON,
@@ -36,7 +37,6 @@ from services.api.problems import (
     field_problems,
     problem_responses,
 )
-from services.api.security import Principal, Scope, require
 from services.api.submissions import ConflictingEvent, Screening
 
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=PROBLEM_RESPONSES)

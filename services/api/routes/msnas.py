@@ -15,10 +15,10 @@ from starlette.concurrency import run_in_threadpool
 
 from adapters.msnas import CSV_KINDS, parse_csv, parse_webhook
 from adapters.msnas.report import ImportReport
+from services.api.auth import Principal, Scope, require
 from services.api.deps import JokkoDep, ProducerDep, require_json
 from services.api.problems import PROBLEM_RESPONSES, problem_responses
 from services.api.routes.events import CONFLICT_PROBLEM, _publish
-from services.api.security import Principal, Scope, require
 from services.api.submissions import Screening
 
 router = APIRouter(prefix="/v1/msnas", tags=["msnas"], responses=PROBLEM_RESPONSES)

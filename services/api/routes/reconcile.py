@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 from router.store import ReconciliationRunRow
 from services.api import pagination
 from services.api.access import audit_read
+from services.api.auth import Principal, Scope, require
 from services.api.deps import JokkoDep, SessionDep
 from services.api.pagination import MAX_ID
 from services.api.problems import PROBLEM_RESPONSES, problem_responses
-from services.api.security import Principal, Scope, require
 from services.reconcile import PERIOD_HELP, parse_period
 from services.reconcile import Scope as RunScope
 from services.reconcile_cli import SourceError, resolve_sources, run_dict
