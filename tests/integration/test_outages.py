@@ -38,8 +38,11 @@ from tests.integration.test_relay import read_topics
 
 pytestmark = pytest.mark.integration
 
-BOUND_S = 2.0
-"""No answer may take longer, outage or not (the API's bounds are set to 1 s)."""
+BOUND_S = 5.0
+"""No answer may take longer, outage or not. The API's bounds are set to 1 s here; an answer
+left unbounded would wait for the 60 s delivery timeout or the client's own, so 5 s tells a
+bounded answer from a hanging one with room for a shared, loaded machine (an answer of 2.5 s
+was seen with a load average of 25 on 2 cores)."""
 RATE = 20
 """Single-event POSTs a second, as in the issue's report."""
 OUTAGE_S = 8.0
