@@ -77,13 +77,17 @@ write_config() {
 EOF
 }
 
-# Python is on every machine the project runs on (curl need not be).
+# Ready once the launcher says it listens and a search answers. Not /metadata: HAPI builds the
+# CapabilityStatement anew for every call (seconds of CPU), and polls that time out on a loaded
+# machine leave it building them. Python is on every machine the project runs on (curl need not
+# be).
 answers() {
+  grep -q "listening on" "$DIR/fhir.log" 2>/dev/null || return 1
   python3 -c 'import sys, urllib.request
 try:
-    urllib.request.urlopen(sys.argv[1], timeout=5).read()
+    urllib.request.urlopen(sys.argv[1], timeout=120).read()
 except Exception:
-    sys.exit(1)' "http://127.0.0.1:$PORT/fhir/metadata" 2>/dev/null
+    sys.exit(1)' "http://127.0.0.1:$PORT/fhir/Organization?_count=1" 2>/dev/null
 }
 
 start() {
@@ -92,18 +96,11 @@ start() {
   rm -rf "$DIR"
   mkdir -p "$DIR"
   write_config
-  local classes cds t0=$SECONDS
+  local classes t0=$SECONDS
   classes=$(classes_dir)
-  # Class data sharing: the first run records the ~25,000 classes it loaded into an archive
-  # beside the jars when it exits; later runs map it instead of parsing the jars again.
-  if [[ -f $classes.jsa ]]; then
-    cds=-XX:SharedArchiveFile=$classes.jsa
-  else
-    cds=-XX:ArchiveClassesAtExit=$DIR/fhir.jsa # kept by stop() once the run ended cleanly
-  fi
   # Output goes to a file: an unread pipe would block the server. C1 only and the serial
   # collector: a test server that starts fast matters more than peak throughput.
-  nohup java -Xmx"$HEAP" -Xss1m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC "$cds" \
+  nohup java -Xmx"$HEAP" -Xss1m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
     -Dlogback.configurationFile="$DIR/logback.xml" -Djava.io.tmpdir="$DIR" \
     -cp "$LIBS/*:$classes" "$MAIN" "$PORT" >>"$DIR/fhir.log" 2>&1 </dev/null &
   echo $! >"$DIR/fhir.pid"
@@ -130,18 +127,13 @@ stop() {
   local pid
   pid=$(pid_of)
   kill -TERM "$pid"
-  # 60 s: a first run writes its class archive on the way out.
-  for _ in $(seq 1 600); do
+  for _ in $(seq 1 300); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
   if kill -0 "$pid" 2>/dev/null; then
-    log "server did not stop within 60s; killing it"
+    log "server did not stop within 30s; killing it"
     kill -KILL "$pid" 2>/dev/null || true
-  elif [[ -s $DIR/fhir.jsa ]]; then
-    local classes
-    classes=$(classes_dir)
-    [[ -f $classes.jsa ]] || mv "$DIR/fhir.jsa" "$classes.jsa"
   fi
   rm -f "$DIR/fhir.pid"
   log "server on port $PORT stopped"

@@ -91,7 +91,7 @@ class PostgresCluster:
 
 # HAPI's JPA server builds its Spring context and H2 schema at start: ~30-60 s on 2 idle cores,
 # several minutes on a machine loaded by other runs. The script gives up first.
-FHIR_START_TIMEOUT_S = 420
+FHIR_START_TIMEOUT_S = 600
 
 
 @dataclass

@@ -37,8 +37,9 @@ def fhir_server() -> Iterator[FhirServer]:
     asks for it; its database is in memory, so tests keep to their own identifiers."""
     with tempfile.TemporaryDirectory(prefix="jokko-fhir-") as d:
         server = FhirServer(directory=Path(d) / "server")
-        server.start()
         try:
+            # Inside the try: a start that times out still has its process stopped.
+            server.start()
             yield server
         finally:
             server.stop()
