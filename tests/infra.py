@@ -89,8 +89,9 @@ class PostgresCluster:
         _run("postgres.sh", "resume", self._env)
 
 
-# HAPI's JPA server builds its Spring context and H2 schema at start: ~30-60 s on 2 idle cores,
-# several minutes on a machine loaded by other runs. The script gives up first.
+# HAPI's JPA server builds its Spring context and H2 schema at start: ~40 s of CPU, measured
+# 60 s on 2 cores with a load of 5, but 4-7 minutes on a machine loaded by other runs (load 20+).
+# The script gives up first.
 FHIR_START_TIMEOUT_S = 600
 
 
