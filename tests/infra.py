@@ -89,9 +89,10 @@ class PostgresCluster:
         _run("postgres.sh", "resume", self._env)
 
 
-# HAPI's JPA server builds its Spring context and H2 schema at start: ~40 s of CPU, measured
-# 60 s on 2 cores with a load of 5, but 4-7 minutes on a machine loaded by other runs (load 20+).
-# The script gives up first.
+# HAPI's JPA server builds its Spring context and H2 schema at start: 32-40 s of CPU, measured
+# 35 s on 2 cores at a load of 2, 60 s at 5, but 4-7 minutes on a machine loaded by other runs
+# (load 20+). Idle, it costs nothing (0.3% of a core) and holds ~720 MB. The script gives up
+# first.
 FHIR_START_TIMEOUT_S = 600
 
 
