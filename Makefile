@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The Kafka broker's jars (Maven Central), Debian's PostgreSQL (both started per run) and
-# Debian's chromium (the console's browser test).
+# The Kafka broker's and HAPI FHIR's jars (Maven Central), Debian's PostgreSQL (all started per
+# run) and Debian's chromium (the console's browser test).
 infra:
 	scripts/kafka.sh fetch
+	scripts/fhir.sh fetch
 	scripts/postgres.sh install
 	scripts/browser.sh install
 
