@@ -6,10 +6,9 @@ posted as the transaction Bundle it is; then everything is posted again. What mu
 every transaction accepted, a repost creates no resource, and a member's Coverage, Claims and
 decisions linked to their Patient on the server (found by FHIR searches).
 
-The tests marked ``xfail(strict=True)`` record what today's messages fail on the real server
-(logical references that link nothing, a patch path HAPI does not evaluate, a re-adjudication
-dropped by ``ifNoneExist``). They pass as xfails while that holds and turn into failures the
-moment the adapter is fixed: then drop the marker.
+Each search below failed on CMU format v1 (logical references that linked nothing, a patch
+path HAPI does not evaluate, a re-adjudication dropped by ``ifNoneExist``): format v2
+(adapters/cmu/FORMAT.md, section 7) is what made them pass.
 """
 
 from __future__ import annotations
@@ -54,11 +53,6 @@ RESOURCE_TYPES = (
     "PaymentNotice",
     "EpisodeOfCare",
     "Organization",
-)
-
-REFERENCES_ARE_LOGICAL = (
-    "adapters/cmu sends every reference as Reference.identifier (logical): HAPI stores them "
-    "and links nothing, so searches by patient/beneficiary find 0 (issue 29)"
 )
 
 
@@ -199,39 +193,27 @@ def test_a_repost_creates_no_resource(delivered: Delivery) -> None:
         assert "201 Created" not in answer.entry_statuses, answer.describe()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "member.updated for MSNAS-KD-000095 is refused, 400 'HAPI-2719: No runtime definition "
-        "found for patch operation.': HAPI does not apply the FHIRPath Patch path "
-        "Coverage.class.where(type.coding.code='plan').value (issue 29)"
-    ),
-)
 def test_every_transaction_is_accepted(delivered: Delivery) -> None:
     refused = [a.describe() for a in delivered.first + delivered.second if not a.accepted]
     assert refused == []
 
 
-@pytest.mark.xfail(strict=True, reason=REFERENCES_ARE_LOGICAL)
 def test_a_members_coverage_is_found_by_beneficiary(delivered: Delivery) -> None:
     pid = delivered.patient_id(MEMBER)
     assert delivered.total(f"Coverage?beneficiary=Patient/{pid}") == 1
 
 
-@pytest.mark.xfail(strict=True, reason=REFERENCES_ARE_LOGICAL)
 def test_a_members_claims_and_decisions_are_found_by_patient(delivered: Delivery) -> None:
     pid = delivered.patient_id(MEMBER)
     assert delivered.total(f"Claim?patient=Patient/{pid}") == 1
     assert delivered.total(f"ClaimResponse?patient=Patient/{pid}") >= 1
 
 
-@pytest.mark.xfail(strict=True, reason=REFERENCES_ARE_LOGICAL)
 def test_a_members_dependents_are_found_by_patient(delivered: Delivery) -> None:
     pid = delivered.patient_id(MEMBER)
     assert delivered.total(f"RelatedPerson?patient=Patient/{pid}") >= 1
 
 
-@pytest.mark.xfail(strict=True, reason=REFERENCES_ARE_LOGICAL)
 def test_include_brings_the_beneficiary(delivered: Delivery) -> None:
     bundle = delivered.get(
         f"Coverage?identifier=https://msnas.sn/fhir/coverage-id|{MEMBER}"
@@ -241,7 +223,6 @@ def test_include_brings_the_beneficiary(delivered: Delivery) -> None:
     assert sorted(included) == ["Coverage", "Patient"]
 
 
-@pytest.mark.xfail(strict=True, reason=REFERENCES_ARE_LOGICAL + ": $everything gives the Patient")
 def test_everything_returns_the_members_resources(delivered: Delivery) -> None:
     pid = delivered.patient_id(MEMBER)
     bundle = delivered.get(f"Patient/{pid}/$everything?_count=500")
@@ -249,13 +230,6 @@ def test_everything_returns_the_members_resources(delivered: Delivery) -> None:
     assert {"Patient", "Coverage", "RelatedPerson", "Claim", "ClaimResponse"} <= types
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a re-adjudication goes as POST with ifNoneExist on the same decision identifier: HAPI "
-        "answers 200 (existing resource matched) and keeps the first decision (issue 29)"
-    ),
-)
 def test_a_re_adjudication_replaces_the_decision(delivered: Delivery) -> None:
     reviewed = mutual_decision("partially_approved", 7000, ("TARIFF_CAP",))
     for message in adapters.cmu.translate(reviewed, None):
