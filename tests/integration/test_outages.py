@@ -41,8 +41,9 @@ pytestmark = pytest.mark.integration
 BOUND_S = 5.0
 """No answer may take longer, outage or not. The API's bounds are set to 1 s here; an answer
 left unbounded would wait for the 60 s delivery timeout or the client's own, so 5 s tells a
-bounded answer from a hanging one with room for a shared, loaded machine (an answer of 2.5 s
-was seen with a load average of 25 on 2 cores)."""
+bounded answer from a hanging one with room for a shared, loaded machine (2.2 s and 2.5 s were
+seen at a load average of 25 on 2 cores, and 3.00 s once in a whole-suite run while the broker
+was stopped: where the third second goes is not yet found, see the issue 28 note)."""
 RATE = 20
 """Single-event POSTs a second, as in the issue's report."""
 OUTAGE_S = 8.0
