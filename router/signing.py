@@ -406,17 +406,21 @@ class JwksVerifier(_FreshnessGuard):
         if not kid:
             raise SignatureRejected(Reason.MISSING_HEADER, f"no {KEY_ID_HEADER} header")
         key = self.key(kid)
-        offered = _offered(signatures, ASYMMETRIC_VERSION)
-        if not offered:
+        if not _offered(signatures, ASYMMETRIC_VERSION):
             raise SignatureRejected(Reason.BAD_SIGNATURE, "no v1a signature")
-        content = _signed_content(message_id, timestamp, body)
-        for value in offered:
-            try:
-                key.verify(base64.b64decode(value, validate=True), content)
-                return
-            except (InvalidSignature, ValueError, binascii.Error):
-                continue
-        raise SignatureRejected(Reason.BAD_SIGNATURE, f"no signature matches key {kid!r}")
+        _match_v1a(key, kid, _signed_content(message_id, timestamp, body), signatures)
+
+
+def _match_v1a(key: Ed25519PublicKey, kid: str, content: bytes, signatures: str) -> None:
+    """One of the ``v1a`` signatures offered is ``key``'s over ``content``, or
+    ``SignatureRejected``: the check a push and a Kafka record share."""
+    for offered in _offered(signatures, ASYMMETRIC_VERSION):
+        try:
+            key.verify(base64.b64decode(offered, validate=True), content)
+            return
+        except (InvalidSignature, ValueError, binascii.Error):
+            continue
+    raise SignatureRejected(Reason.BAD_SIGNATURE, f"no signature matches key {kid!r}")
 
 
 class AllOf:
@@ -517,10 +521,5 @@ def verify_record(
     if key is None:
         raise SignatureRejected(Reason.UNKNOWN_KEY, f"key {kid!r} is not in the JWKS")
     content = _signed_content(message_id, int(raw_ts), value)
-    for offered in _offered(lower.get(SIGNATURE_HEADER, ""), ASYMMETRIC_VERSION):
-        try:
-            key.verify(base64.b64decode(offered, validate=True), content)
-            return kid
-        except (InvalidSignature, ValueError, binascii.Error):
-            continue
-    raise SignatureRejected(Reason.BAD_SIGNATURE, f"no signature matches key {kid!r}")
+    _match_v1a(key, kid, content, lower.get(SIGNATURE_HEADER, ""))
+    return kid

@@ -34,6 +34,7 @@ from services.bootstrap import Jokko, bootstrap
 from services.demo_data import generate_month
 from services.settings import Settings
 from tests.infra import FhirServer
+from tests.integration.test_fhir_server import MEMBER_ID, RESOURCE_TYPES
 from tests.integration.test_router_flow import route_until_idle
 
 pytestmark = [
@@ -44,18 +45,7 @@ pytestmark = [
 
 MEMBERS = 200
 PERIOD = "2025-11"
-MEMBER_ID = "https://msnas.sn/fhir/member-id"
 FINAL = {DeliveryState.ACCEPTED, DeliveryState.REJECTED, DeliveryState.DEAD}
-RESOURCE_TYPES = (
-    "Patient",
-    "RelatedPerson",
-    "Coverage",
-    "Claim",
-    "ClaimResponse",
-    "PaymentNotice",
-    "EpisodeOfCare",
-    "Organization",
-)
 
 
 def month_events() -> list[CanonicalEvent]:
